@@ -1,0 +1,1 @@
+"""rnnfarm's first-party corpus plugins, registered through the ``rnnfarm`` entry-point group."""

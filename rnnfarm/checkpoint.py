@@ -1,0 +1,112 @@
+"""Checkpoints: tensors in safetensors, everything else in JSON. Nothing is ever unpickled.
+
+A checkpoint folder holds:
+    model.safetensors   weights                         (written by rank 0)
+    meta.json           model shape, vocabulary, step, val loss, corpus fingerprint, spec
+    optimizer.safetensors + trainer.json                optimizer state, stream position, schedule
+    worker-<rank>.safetensors                           that rank's hidden state and RNG state
+The first two are all that sampling needs (the ``best/`` folder of a run holds just those).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import UserError
+from .model import CharRNN
+from .spec import ModelSpec
+from .vocab import Vocab
+
+FORMAT = 1
+MODEL, META = "model.safetensors", "meta.json"
+OPTIMIZER, TRAINER = "optimizer.safetensors", "trainer.json"
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def save_model(folder: Path, model: CharRNN, vocab: Vocab, meta: dict[str, Any]) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / MODEL))
+    _write_json(
+        folder / META,
+        {"format": FORMAT, "model": model.spec.model_dump(), "vocab": vocab.to_json(), **meta},
+    )
+
+
+def load_meta(folder: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((folder / META).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{folder}: not an rnnfarm checkpoint (no {META})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{folder}/{META}: not valid JSON, so not an rnnfarm checkpoint") from None
+    if not isinstance(meta, dict) or "model" not in meta or "vocab" not in meta:
+        raise UserError(f"{folder}/{META}: not an rnnfarm checkpoint's metadata")
+    if meta.get("format", 0) > FORMAT:
+        raise UserError(f"{folder}: checkpoint format {meta['format']} is newer than this rnnfarm reads; upgrade it")
+    return meta
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing from the checkpoint") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a safetensors file ({exc})") from None
+
+
+def load_model(folder: Path, device: str | torch.device = "cpu") -> tuple[CharRNN, Vocab, dict[str, Any]]:
+    meta = load_meta(folder)
+    vocab = Vocab.from_json(meta["vocab"])
+    model = CharRNN(len(vocab), ModelSpec.model_validate(meta["model"]))
+    try:
+        model.load_state_dict(_load_tensors(folder / MODEL))
+    except RuntimeError as exc:
+        raise UserError(f"{folder}: weights do not fit the model in {META} ({str(exc).splitlines()[0]})") from None
+    return model.to(device).eval(), vocab, meta
+
+
+def save_optimizer(folder: Path, optimizer: torch.optim.Optimizer, trainer: dict[str, Any]) -> None:
+    """Optimizer tensors flattened to ``state.<param>.<key>``; param groups and the rest as JSON."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, entries in sd["state"].items():
+        for key, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}.{key}"] = value
+    save_file(tensors, str(folder / OPTIMIZER))
+    _write_json(folder / TRAINER, {"param_groups": sd["param_groups"], "scalars": scalars, **trainer})
+
+
+def load_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    trainer = json.loads((folder / TRAINER).read_text(encoding="utf-8"))
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in _load_tensors(folder / OPTIMIZER).items():
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = value
+    for name, value in trainer.pop("scalars").items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": trainer.pop("param_groups")})
+    return trainer
+
+
+def save_worker(folder: Path, rank: int, tensors: dict[str, torch.Tensor]) -> None:
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(folder / f"worker-{rank}.safetensors")
+    )
+
+
+def load_worker(folder: Path, rank: int) -> dict[str, torch.Tensor]:
+    return _load_tensors(folder / f"worker-{rank}.safetensors")

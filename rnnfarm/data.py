@@ -1,0 +1,107 @@
+"""Shards -> token streams -> (B, T) batches for stateful truncated BPTT, per rank.
+
+A split is one token stream cut into ``world_size * B`` contiguous streams; rank r takes streams
+``r*B .. r*B+B-1`` and reads them T tokens at a time, so the hidden state of row b at one step is
+the right starting state for row b at the next. N workers with batch B therefore see exactly what
+one worker with batch N*B sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .corpus import shards
+from .errors import UserError
+from .storage import Store
+from .vocab import Vocab
+
+
+def load_tokens(folder: Store, manifest: dict[str, Any], split: str, start: int, stop: int, vocab: Vocab) -> np.ndarray:
+    """Token ids of characters ``start..stop`` of a split, reading only the shards that hold them."""
+    pieces, offset = [], 0
+    for shard in manifest["splits"][split]["shards"]:
+        end = offset + shard["chars"]
+        if end > start and offset < stop:
+            text = "".join(shards.read_shard(folder, shard))
+            pieces.append(text[max(start - offset, 0) : stop - offset])
+        offset = end
+        if offset >= stop:
+            break
+    return vocab.encode("".join(pieces))
+
+
+@dataclass
+class Layout:
+    """How a split of ``n`` tokens is cut into streams for one rank."""
+
+    n: int
+    batch: int
+    seq_len: int
+    rank: int
+    world: int
+
+    @property
+    def stream_len(self) -> int:
+        """Targets per stream (each stream holds one more token, the last target)."""
+        return (self.n - 1) // (self.world * self.batch)
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """The token range this rank reads: its B streams, plus the one token after them."""
+        first = self.rank * self.batch * self.stream_len
+        return first, first + self.batch * self.stream_len + 1
+
+    def check(self, split: str, what: str) -> None:
+        if self.stream_len < self.seq_len:
+            raise UserError(
+                f"the {split} split ({self.n} chars) is too short for {self.world} worker(s) x {what} "
+                f"{self.batch} x seq_len {self.seq_len}: lower them or use a larger corpus"
+            )
+
+
+class Streams:
+    """This rank's B streams of one split, as (x, y) windows of T tokens, epoch after epoch."""
+
+    def __init__(self, tokens: np.ndarray, layout: Layout) -> None:
+        L, B = layout.stream_len, layout.batch
+        rows = np.lib.stride_tricks.sliding_window_view(tokens, L + 1)[::L][:B]
+        self.data = torch.from_numpy(np.ascontiguousarray(rows).astype(np.int64))
+        self.seq_len = layout.seq_len
+        self.windows = L // layout.seq_len
+        self.epoch, self.pos = 0, 0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """The next (x, y) window and whether it starts an epoch (the hidden state must reset)."""
+        a = self.pos * self.seq_len
+        x, y = self.data[:, a : a + self.seq_len], self.data[:, a + 1 : a + self.seq_len + 1]
+        starts = self.pos == 0
+        self.pos += 1
+        if self.pos == self.windows:
+            self.epoch, self.pos = self.epoch + 1, 0
+        return x, y, starts
+
+    def windows_for_eval(self):
+        """Every window of the streams once, the last one possibly shorter (the whole split)."""
+        L = self.data.shape[1] - 1
+        for a in range(0, L, self.seq_len):
+            b = min(a + self.seq_len, L)
+            yield self.data[:, a:b], self.data[:, a + 1 : b + 1]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+
+
+def streams_for(
+    folder: Store, manifest: dict[str, Any], split: str, vocab: Vocab, batch: int, seq_len: int, rank: int, world: int
+) -> Streams:
+    layout = Layout(manifest["splits"][split]["chars"], batch, seq_len, rank, world)
+    layout.check(split, "batch_size")
+    start, stop = layout.span
+    return Streams(load_tokens(folder, manifest, split, start, stop, vocab), layout)

@@ -1,0 +1,82 @@
+"""Ray Train wiring: a Session over ``ray.train`` for the loop in train.py, and the TorchTrainer."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from . import log
+from .train import Job, train
+
+
+class RaySession:
+    """The Session a Ray Train worker gives the loop: DDP over gloo (CPU) or NCCL (GPU)."""
+
+    def __init__(self) -> None:
+        ctx = ray.train.get_context()
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.world_size == 1:
+            return model.to(self.device)
+        return ray.train.torch.prepare_model(model)
+
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(tensor)
+        return tensor
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[Path | None]:
+        found = ray.train.get_checkpoint()
+        if found is None:
+            yield None
+            return
+        with found.as_directory() as folder:
+            yield Path(folder)
+
+    def report(self, metrics: dict[str, Any], folder: Path, name: str) -> None:
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder), checkpoint_dir_name=name)
+
+
+def worker_loop(config: dict[str, Any]) -> dict[str, Any]:
+    log.configure(config["log_format"])
+    return train(config["job"], RaySession())
+
+
+def fit(job: Job, log_format: str) -> ray.train.Result:
+    """Run the job's training on Ray Train; checkpoints land in the job's trial folder on storage."""
+    spec = job.spec
+    filesystem, trial_path = job.trial.pyarrow()
+    parent, name = trial_path.rsplit("/", 1)
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config={"job": job, "log_format": log_format},
+        scaling_config=ScalingConfig(
+            num_workers=spec.cluster.workers,
+            use_gpu=spec.cluster.use_gpu,
+            resources_per_worker={"CPU": spec.cluster.cpus_per_worker},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=parent,
+            storage_filesystem=filesystem,
+            failure_config=FailureConfig(max_failures=spec.train.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=spec.train.keep_best,
+                checkpoint_score_attribute="val_loss",
+                checkpoint_score_order="min",
+            ),
+        ),
+    )
+    return trainer.fit()

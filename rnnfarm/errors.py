@@ -1,0 +1,10 @@
+"""User-facing errors: one line that says what is wrong and how to fix it."""
+
+
+class UserError(Exception):
+    """Bad input from the user (spec, plugin name, source, checkpoint...).
+
+    The CLI prints ``error: <message>`` and exits with code 2, without a traceback.
+    """
+
+    exit_code = 2

@@ -1,0 +1,46 @@
+"""Shared fixtures: one embedded Ray for the session, and tiny Shakespeare built once."""
+
+from __future__ import annotations
+
+import pytest
+
+from rnnfarm import log, spec
+from rnnfarm.corpus.build import build
+from rnnfarm.storage import Store
+
+log.configure("json")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray instance (2 CPUs), shared by every test that trains through Ray."""
+    import ray
+
+    from rnnfarm.jobs import start_local_ray
+
+    start_local_ray(num_cpus=2)
+    yield ray
+    ray.shutdown()
+
+
+def make_spec(storage: str, **sections) -> spec.JobSpec:
+    """A small valid spec: tiny Shakespeare, a 1x32 LSTM, a few steps; sections override."""
+    data = {
+        "name": "tiny",
+        "storage": storage,
+        "corpus": {"name": "shakespeare"},
+        "model": {"layers": 1, "hidden": 32, "embedding": 16},
+        "train": {"steps": 30, "batch_size": 8, "seq_len": 32, "eval_every": 15, "lr": 0.01},
+        "samples": {"temperatures": [0.8], "length": 40},
+        "cluster": {"workers": 1},
+    }
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return spec.parse(data)
+
+
+@pytest.fixture(scope="session")
+def shakespeare(tmp_path_factory):
+    """tiny Shakespeare, built (sha256-checked source) into a session-wide storage folder."""
+    storage = Store.at(str(tmp_path_factory.mktemp("storage")))
+    return build(storage, make_spec(storage.url).corpus)
