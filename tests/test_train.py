@@ -66,5 +66,5 @@ def test_sampling_is_deterministic_under_a_seed(shakespeare, tmp_path):
 def test_priming_with_characters_outside_the_vocabulary_is_refused(shakespeare, tmp_path):
     run_in_process(shakespeare, tmp_path)
     folder = str(tmp_path / "checkpoints" / "checkpoint-000030")
-    with pytest.raises(UserError, match="2 character\(s\) outside the model's vocabulary: '5€'"):  # no digit 5
+    with pytest.raises(UserError, match=r"2 character\(s\) outside the model's vocabulary: '5€'"):  # no digit 5
         "".join(sample(folder, prime="ROMEO: €5"))
