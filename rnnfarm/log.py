@@ -8,6 +8,8 @@ import sys
 
 import structlog
 
+from .redact import log_processor
+
 FORMAT_ENV = "RNNFARM_LOG_FORMAT"
 
 
@@ -31,6 +33,7 @@ def configure(fmt: str | None = None, level: int = logging.INFO) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            log_processor,  # no credential reaches a log line
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),

@@ -88,7 +88,7 @@ class ClusterSpec(Section):
 class JobSpec(Section):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
     storage: str = "./rnnfarm-data"
-    storage_options: dict[str, Any] = Field(default_factory=dict)
+    storage_options: dict[str, Any] = Field(default_factory=dict, repr=False)  # may hold credentials
     corpus: CorpusSpec = Field(default_factory=CorpusSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
