@@ -4,7 +4,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test lint clean s3-server
 
 setup: $(VENV)/.installed
 
@@ -23,5 +23,8 @@ test: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
+s3-server: setup
+	$(BIN)/python -m rnnfarm.s3local
+
 clean:
-	rm -rf $(VENV) rnnfarm-data .pytest_cache
+	rm -rf $(VENV) rnnfarm-data rnnfarm-s3 .pytest_cache

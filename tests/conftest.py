@@ -44,3 +44,14 @@ def shakespeare(tmp_path_factory):
     """tiny Shakespeare, built (sha256-checked source) into a session-wide storage folder."""
     storage = Store.at(str(tmp_path_factory.mktemp("storage")))
     return build(storage, make_spec(storage.url).corpus)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A real S3 server (SeaweedFS) on 127.0.0.1 with generated credentials and one bucket, ``rnnfarm-test``."""
+    from rnnfarm import s3local
+
+    server = s3local.start(tmp_path_factory.mktemp("s3"))
+    server.create_bucket("rnnfarm-test")
+    yield server
+    server.stop()
