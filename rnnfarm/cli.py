@@ -10,6 +10,7 @@ import click
 
 from . import log
 from .errors import UserError
+from .redact import scrub
 
 
 def _guarded(fn: Callable) -> Callable:
@@ -18,7 +19,7 @@ def _guarded(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {scrub(str(exc))}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -46,7 +47,7 @@ def run(spec_file: str, name: str | None) -> None:
     try:
         outcome = jobs.run(job_spec, name)
     except jobs.TrainingFailed as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {scrub(str(exc))}", err=True)
         sys.exit(1)
     best = outcome.best
     run_url = outcome.run.store.url
@@ -84,6 +85,112 @@ def sample(
     chars = generate_text(target, prime, length, temperature, top_k, argmax, seed)
     text = "".join(chars)
     click.echo(prime + text)
+
+
+def _size(n: float) -> str:
+    if n < 1000:
+        return f"{n:.0f} B"
+    for unit in ("KB", "MB", "GB"):
+        n /= 1000
+        if n < 1000 or unit == "GB":
+            break
+    return f"{n:.1f} {unit}"
+
+
+def _loss(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@cli.command()
+@click.argument("run_url")
+@click.option("--dest", type=click.Path(file_okay=False), help="Local folder (default: ./<run name>).")
+@click.option("--best", "want_best", is_flag=True, help="The best checkpoint (default: it and the samples).")
+@click.option("--samples", "want_samples", is_flag=True, help="The sample archives (default: them and the best).")
+@click.option("--trial", help="Only this trial's sample archives.")
+@_guarded
+def pull(run_url: str, dest: str | None, want_best: bool, want_samples: bool, trial: str | None) -> None:
+    """Download a run's best checkpoint and sample archives from RUN_URL, checksums verified."""
+    from .pull import pull as fetch
+
+    both = not want_best and not want_samples
+    pulled = fetch(run_url, dest, best=want_best or both, samples=want_samples or both, trial=trial)
+    for item in pulled.files:
+        click.echo(f"  {item.name:<44} {_size(item.size):>9}  {item.check}")
+    click.echo(
+        f"pulled {len(pulled.files)} files ({_size(pulled.bytes)}) of run {pulled.run.name} "
+        f"from {scrub(pulled.run.store.url)} to {pulled.dest}"
+    )
+    if (pulled.dest / "best").exists():
+        click.echo(f"sample with: rnnfarm sample {pulled.dest} --prime 'ROMEO:'")
+
+
+@cli.group()
+def runs() -> None:
+    """Browse the runs on a storage."""
+
+
+@runs.command("list")
+@click.argument("storage_url")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
+@_guarded
+def runs_list(storage_url: str, as_json: bool) -> None:
+    """The runs under STORAGE_URL: status, best val loss, trials, start and end times."""
+    import json
+
+    from .runs import list_runs
+    from .storage import Store
+
+    found = list_runs(Store.at(storage_url))
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    if not found:
+        click.echo(f"no runs under {scrub(storage_url)}")
+        return
+    header = f"{'RUN':<24} {'STATUS':<10} {'BEST VAL LOSS':>13} {'TRIALS':>6}  {'STARTED':<20} {'ENDED':<20}"
+    click.echo(header)
+    for r in found:
+        click.echo(
+            f"{r['name']:<24} {r['status'] or '-':<10} {_loss(r['best_val_loss']):>13} {r['trials']:>6}  "
+            f"{r['started'] or '-':<20} {r['ended'] or '-':<20}"
+        )
+
+
+@runs.command("show")
+@click.argument("run_url")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of text.")
+@_guarded
+def runs_show(run_url: str, as_json: bool) -> None:
+    """One run at RUN_URL: status, times, corpus, best checkpoint, and each trial's progress."""
+    import json
+
+    from .runs import Run
+    from .storage import Store
+
+    run = Run(Store.at(run_url)).describe()
+    if as_json:
+        click.echo(json.dumps(run, indent=2))
+        return
+    click.echo(f"run {run['name']}: {run['status']}")
+    click.echo(f"  url:      {scrub(run['url'])}")
+    click.echo(f"  started:  {run['started'] or '-'}")
+    click.echo(f"  ended:    {run['ended'] or '-'}")
+    if run["corpus"]:
+        click.echo(f"  corpus:   {run['corpus'].get('name')} {run['corpus'].get('fingerprint')}")
+    if run["best"]:
+        b = run["best"]
+        click.echo(
+            f"  best:     val loss {_loss(b.get('val_loss'))} nats/char, step {b.get('step')}, trial {b.get('trial')}"
+        )
+    if run["error"]:
+        click.echo(f"  error:    {run['error']}")
+    click.echo(f"  checksums: {'SHA256SUMS written' if run['sealed'] else 'not yet (written when the run completes)'}")
+    click.echo(f"  trials:   {run['trials']}")
+    for t in run["trial_details"]:
+        click.echo(
+            f"    {t['name']:<20} step {t['step'] if t['step'] is not None else '-':>7}  "
+            f"best val loss {_loss(t['best_val_loss'])}  samples {t['samples']}"
+        )
 
 
 def main() -> None:

@@ -74,6 +74,7 @@ def ensure_ray(spec: JobSpec) -> None:
 def run(spec: JobSpec, name: str | None = None) -> Outcome:
     logger = log.get("rnnfarm.run")
     storage = Store.at(spec.storage, spec.storage_options)
+    storage.check()
     built = build(storage, spec.corpus)
     vocab = Vocab.from_json(built.manifest["vocab"])
     vocab.encode(spec.samples.prime, strict=True)

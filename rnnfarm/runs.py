@@ -1,21 +1,30 @@
-"""The run layout on storage.
+"""The run layout on storage, and browsing it.
 
-<storage>/runs/<run>/spec.yaml, run.json, best/{model.safetensors, meta.json, samples.json}
+<storage>/runs/<run>/spec.yaml, run.json, SHA256SUMS, best/{model.safetensors, samples.json, meta.json}
 <storage>/runs/<run>/trials/<trial>/{checkpoint-NNNNNN/, samples/step-NNNNNN.json, metrics/step-NNNNNN.json}
+
+What a reader can rely on: every object is whole (storage.py). A trial's checkpoint folder is uploaded
+by Ray file by file and counts only once Ray's checkpoint manager has registered it; rnnfarm promotes
+nothing else. ``best/meta.json`` is removed first and written last on promotion, and records the
+sha256 of the other files in ``best/``. ``SHA256SUMS`` (sha256sum's format) is written when the run
+completes, before ``run.json`` says so, and covers ``best/`` and every trial's sample archives.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import checkpoint
+from . import checkpoint, redact
 from .errors import UserError
 from .spec import JobSpec, dump
-from .storage import Store
+from .storage import Store, sha256_bytes
 
 SINGLE_TRIAL = "main"
+SUMS = "SHA256SUMS"
+RECORD = "run.json"
 
 
 def now() -> str:
@@ -43,8 +52,22 @@ class Run:
         return self.store / "best"
 
     def info(self) -> dict[str, Any] | None:
-        target = self.store / "run.json"
+        target = self.store / RECORD
         return target.read_json() if target.exists() else None
+
+    def require(self) -> dict[str, Any]:
+        """The run's record; a UserError when there is no run at this URL."""
+        self.store.check()
+        record = self.info()
+        if record is None:
+            raise UserError(
+                f"no run at {redact.scrub(self.store.url)} (no {RECORD} there): check the URL; "
+                f"`rnnfarm runs list {redact.scrub(self.store.parent.parent.url)}` lists the runs"
+            )
+        return record
+
+    def trials(self) -> list[str]:
+        return [t.name for t in (self.store / "trials").list()]
 
     def begin(self, spec: JobSpec, corpus: dict[str, Any]) -> dict[str, Any] | None:
         """Record the run's start; returns the earlier record when the same run was started before.
@@ -58,7 +81,8 @@ class Run:
                 f"run {self.name!r} already exists at {self.store.url} with a different spec: "
                 "give this job another name (the spec's `name:` or --name), or delete that run"
             )
-        (self.store / "spec.yaml").write_text(dump(spec))
+        echoed = spec.model_copy(update={"storage_options": redact.redact(spec.storage_options)})
+        (self.store / "spec.yaml").write_text(dump(echoed))
         record = {
             "name": self.name,
             "status": "running",
@@ -73,21 +97,32 @@ class Run:
         return earlier
 
     def end(self, status: str, best: dict[str, Any] | None = None, error: str | None = None) -> dict[str, Any]:
+        """Record the run's end; a completed run is sealed (``SHA256SUMS``) before its record says so."""
+        if status == "completed":
+            self.seal()
         record = {**(self.info() or {}), "status": status, "ended": now(), "best": best}
         if error:
-            record["error"] = error
-        (self.store / "run.json").write_json(record)
+            record["error"] = redact.scrub(error)
+        (self.store / RECORD).write_json(record)
         return record
 
     def promote(self, trial: str, checkpoint_name: str) -> dict[str, Any]:
-        """Copy a trial's checkpoint (weights and metadata) and its samples at that step to ``best/``."""
+        """Copy a trial's checkpoint (weights and metadata) and its samples at that step to ``best/``.
+
+        The old ``meta.json`` goes first and the new one comes last, with the sha256 of each file, so a
+        reader never trusts weights of one checkpoint under the metadata of another.
+        """
         source = self.trial(trial) / checkpoint_name
         meta = (source / checkpoint.META).read_json()
-        (self.best / checkpoint.MODEL).write_bytes((source / checkpoint.MODEL).read_bytes())
+        (self.best / checkpoint.META).remove()
+        files = {checkpoint.MODEL: (source / checkpoint.MODEL).read_bytes()}
         samples = self.trial(trial) / "samples" / f"step-{meta['step']:06d}.json"
         if samples.exists():
-            (self.best / "samples.json").write_bytes(samples.read_bytes())
-        (self.best / checkpoint.META).write_json({**meta, "trial": trial, "checkpoint": checkpoint_name})
+            files["samples.json"] = samples.read_bytes()
+        for name, data in files.items():
+            (self.best / name).write_bytes(data)
+        sums = {name: {"sha256": sha256_bytes(data), "size": len(data)} for name, data in files.items()}
+        (self.best / checkpoint.META).write_json({**meta, "trial": trial, "checkpoint": checkpoint_name, "files": sums})
         return {
             "trial": trial,
             "checkpoint": checkpoint_name,
@@ -95,3 +130,69 @@ class Run:
             "val_loss": meta["val_loss"],
             "url": self.best.url,
         }
+
+    def seal(self) -> None:
+        """Write ``SHA256SUMS`` for ``best/`` and every trial's sample archives."""
+        sums = {}
+        meta = self.best / checkpoint.META
+        if meta.exists():
+            data = meta.read_bytes()
+            sums[f"best/{checkpoint.META}"] = sha256_bytes(data)
+            for name, entry in json.loads(data).get("files", {}).items():
+                sums[f"best/{name}"] = entry["sha256"]
+        for trial in self.trials():
+            for archive in (self.trial(trial) / "samples").list():
+                sums[f"trials/{trial}/samples/{archive.name}"] = sha256_bytes(archive.read_bytes())
+        (self.store / SUMS).write_text("".join(f"{digest}  {name}\n" for name, digest in sorted(sums.items())))
+
+    def summary(self, record: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What ``rnnfarm runs list`` shows of a run."""
+        record = record if record is not None else self.require()
+        best = record.get("best") or {}
+        trials = record.get("trials")
+        return {
+            "name": record.get("name", self.name),
+            "status": record.get("status"),
+            "best_val_loss": best.get("val_loss"),
+            "best_trial": best.get("trial"),
+            "trials": len(trials) if isinstance(trials, list | dict) else len(self.trials()),
+            "started": record.get("started"),
+            "ended": record.get("ended"),
+            "url": self.store.url,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """What ``rnnfarm runs show`` shows: the summary, the record's details, and each trial's progress."""
+        record = self.require()
+        trials = []
+        for name in self.trials():
+            metrics = (self.trial(name) / "metrics").list()
+            last = metrics[-1].read_json() if metrics else {}
+            trials.append(
+                {
+                    "name": name,
+                    "step": last.get("step"),
+                    "best_val_loss": last.get("best_val_loss"),
+                    "samples": len((self.trial(name) / "samples").list()),
+                }
+            )
+        return {
+            **self.summary(record),
+            "corpus": record.get("corpus"),
+            "best": record.get("best"),
+            "error": record.get("error"),
+            "sealed": (self.store / SUMS).exists(),
+            "trial_details": trials,
+        }
+
+
+def list_runs(storage: Store) -> list[dict[str, Any]]:
+    """A summary of every run under ``<storage>/runs/``, by name."""
+    storage.check()
+    summaries = []
+    for folder in (storage / "runs").list():
+        run = Run(folder)
+        record = run.info()
+        if record is not None:
+            summaries.append(run.summary(record))
+    return summaries

@@ -9,27 +9,41 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, redact
 from .errors import UserError
 from .model import generate
-from .storage import Store, is_local
+from .storage import Store, is_local, verify_sha256
+
+
+def verified(folder: Path) -> Path:
+    """``folder`` after checking the weights against the sha256 its ``meta.json`` records, if it does."""
+    recorded = checkpoint.load_meta(folder).get("files", {})
+    if checkpoint.MODEL in recorded:
+        verify_sha256(folder / checkpoint.MODEL, recorded[checkpoint.MODEL]["sha256"], str(folder / checkpoint.MODEL))
+    return folder
 
 
 @contextlib.contextmanager
 def local_checkpoint(target: str, options: dict | None = None) -> Iterator[Path]:
-    """A local folder holding the checkpoint that ``target`` names (downloaded when remote)."""
+    """A local folder holding the checkpoint that ``target`` names, verified (downloaded when remote).
+
+    ``target`` is a checkpoint folder, or a run or a pulled run (its ``best/``), at any storage URL.
+    """
     store = Store.at(target, options)
+    store.check()
     for candidate in (store, store / "best"):
         if (candidate / checkpoint.META).exists():
             if is_local(candidate.url):
-                yield Path(candidate.url)
+                yield verified(Path(candidate.url))
                 return
             with tempfile.TemporaryDirectory(prefix="rnnfarm-sample-") as tmp:
                 for name in (checkpoint.META, checkpoint.MODEL):
                     (candidate / name).download(Path(tmp) / name)
-                yield Path(tmp)
+                yield verified(Path(tmp))
             return
-    raise UserError(f"{target}: neither a checkpoint nor a run with a best checkpoint (no {checkpoint.META} found)")
+    raise UserError(
+        f"{redact.scrub(target)}: neither a checkpoint nor a run with a best checkpoint (no {checkpoint.META} found)"
+    )
 
 
 def sample(
