@@ -176,9 +176,12 @@ def main() -> None:
     print(f"S3 server (SeaweedFS) at {s3.endpoint}, bucket s3://{args.bucket}, data in {s3.folder}")
     print(f"In another shell: . {os.path.relpath(s3.folder / 'env.sh')}   (or paste:)\n{exports}")
     print("Ctrl-C stops it.", flush=True)
-    with contextlib.suppress(KeyboardInterrupt):
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: sys.exit(0))
+    try:
         s3.process.wait()
-    s3.stop()
+    finally:
+        s3.stop()
 
 
 if __name__ == "__main__":

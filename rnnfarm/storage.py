@@ -195,7 +195,11 @@ class Store:
         return cls(url, resolve_options(url, options))
 
     def __truediv__(self, part: str) -> Store:
-        return Store(posixpath.join(self.url, part), self.options)
+        child = Store(posixpath.join(self.url, part), self.options)
+        if "_fs_path" in self.__dict__ and "::" not in child.url:
+            fs = self.fs  # shared: making a filesystem for every object costs about a millisecond
+            child.__dict__["_fs_path"] = (fs, fs._strip_protocol(child.url))
+        return child
 
     @property
     def name(self) -> str:
