@@ -15,6 +15,7 @@ import json
 import os
 import re
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from .runs import RECORD, SUMS, Run
 from .storage import Store, sha256_bytes, sha256_file
 
 BEST_META = f"best/{checkpoint.META}"
+PARALLEL = 8  # downloads in flight
 _SUM_LINE = re.compile(r"^(?P<sha>[0-9a-f]{64}) [ *](?P<name>.+)$")
 
 
@@ -158,15 +160,21 @@ def pull(
         safe_name(trial, "--trial")
     dest = Path(dest or run.name).resolve()
     chosen = select(index(run), best, samples, trial, run)
-    order = sorted(chosen, key=lambda n: (n == BEST_META, n))  # best/meta.json last, as on storage
-    records = [RECORD, SUMS] if (run.store / SUMS).exists() else [RECORD]
-    fetched = []
-    for name in [*order, *records]:
+    records = {RECORD: "the run's record"}
+    if (run.store / SUMS).exists():
+        records[SUMS] = "the run's checksum list"
+
+    def fetch(name: str) -> Fetched:
         target = dest.joinpath(*name.split("/"))
         if not target.resolve().is_relative_to(dest):  # a symlink inside dest pointing out of it
             raise UserError(f"refusing to write {target}: it resolves outside {dest}")
         check = _fetch(run.store / name, target, chosen.get(name))
-        if name in records:
-            check = "the run's record" if name == RECORD else "the run's checksum list"
-        fetched.append(Fetched(name, target.stat().st_size, check))
+        return Fetched(name, target.stat().st_size, records.get(name, check))
+
+    files = sorted(n for n in chosen if n != BEST_META)
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        fetched = list(pool.map(fetch, files))
+    # best/meta.json is placed last, as on storage: a pulled best/ with its meta.json is complete.
+    fetched += [fetch(name) for name in [BEST_META] if name in chosen]
+    fetched += [fetch(name) for name in records]
     return Pulled(run, dest, fetched)

@@ -28,6 +28,10 @@ SECRET_KEYS = frozenset(
         "aws_access_key_id",
         "aws_secret_access_key",
         "aws_session_token",
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "auth_token",
         "account_key",
         "sas_token",
         "connection_string",
@@ -39,7 +43,7 @@ SECRET_KEYS = frozenset(
         "auth",
     }
 )
-SECRET_PARTS = ("secret", "password", "token", "credential", "private_key", "account_key")
+SECRET_PARTS = ("secret", "password", "credential", "private_key", "account_key")
 
 # Environment variables whose values are credentials, scrubbed from any text rnnfarm prints.
 SECRET_ENV = (

@@ -81,15 +81,15 @@ class Run:
                 f"run {self.name!r} already exists at {self.store.url} with a different spec: "
                 "give this job another name (the spec's `name:` or --name), or delete that run"
             )
-        echoed = spec.model_copy(update={"storage_options": redact.redact(spec.storage_options)})
-        (self.store / "spec.yaml").write_text(dump(echoed))
+        masked = {"storage": redact.scrub(spec.storage), "storage_options": redact.redact(spec.storage_options)}
+        (self.store / "spec.yaml").write_text(dump(spec.model_copy(update=masked)))
         record = {
             "name": self.name,
             "status": "running",
             "started": (earlier or {}).get("started", now()),
             "ended": None,
             "spec": comparable(spec),
-            "corpus": corpus,
+            "corpus": redact.redact(corpus),
             "best": None,
         }
         if earlier is None or earlier.get("status") != "completed":

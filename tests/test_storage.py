@@ -111,6 +111,31 @@ def test_redaction_masks_credentials_by_name_and_by_value():
     assert redact.scrub("https://user:pa55word@host/x") == "https://user:***@host/x"
 
 
+def test_log_lines_carry_no_credentials():
+    import structlog
+
+    redact.remember("another-sEcReT-7")
+    event = {"event": "failed: another-sEcReT-7 refused", "options": {"secret": "x", "endpoint_url": "http://h"}}
+    assert redact.log_processor(None, "info", event) == {
+        "event": "failed: *** refused",
+        "options": {"secret": "***", "endpoint_url": "http://h"},
+    }
+    assert redact.log_processor in structlog.get_config()["processors"]
+
+
+def test_the_spec_echoed_into_a_run_has_its_credentials_masked(tmp_path):
+    from rnnfarm.runs import Run
+
+    job = make_spec(str(tmp_path), storage_options={"key": "AKIDEXAMPLE1", "secret": "wJalrXUtnFEMI-example"})
+    run = Run(Store.at(str(tmp_path)) / "runs" / "t")
+    run.begin(job, {"name": "shakespeare", "url": "https://user:hunter22@example.org/corpus"})
+    echoed = (tmp_path / "runs" / "t" / "spec.yaml").read_text()
+    assert "storage_options:\n  key: '***'\n  secret: '***'" in echoed
+    record = (tmp_path / "runs" / "t" / "run.json").read_text()
+    for text in (echoed, record):
+        assert "AKIDEXAMPLE1" not in text and "wJalrXUtnFEMI-example" not in text and "hunter22" not in text
+
+
 def run_cli(*args: str):
     return CliRunner().invoke(cli, list(args))
 
