@@ -10,7 +10,6 @@ into place, and ``best/meta.json`` is placed last, as on storage.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -86,11 +85,13 @@ def index(run: Run) -> dict[str, str | None]:
     if meta.exists():
         data = meta.read_bytes()
         try:
-            recorded = json.loads(data).get("files", {})
+            recorded = json.loads(data).get("files") or {}
         except json.JSONDecodeError as exc:
             raise UserError(f"{redact.scrub(meta.url)}: not valid JSON ({exc.msg})") from None
         for name, entry in recorded.items():
             files[f"best/{safe_name(name, redact.scrub(meta.url))}"] = entry["sha256"]
+        if not recorded:  # promoted before best/meta.json recorded checksums
+            files |= {f"best/{f.name}": None for f in run.best.list()}
         files[BEST_META] = sha256_bytes(data)
     for trial in run.trials():
         for archive in (run.trial(trial) / "samples").list():
@@ -127,15 +128,12 @@ def _fetch(source: Store, target: Path, expected: str | None) -> str:
         return "unchanged"
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.parent / f".{target.name}.part-{uuid.uuid4().hex[:12]}"
-    digest = hashlib.sha256()
     try:
-        with source.open("rb") as src, open(partial, "wb") as out:
-            while block := src.read(8 << 20):
-                digest.update(block)
-                out.write(block)
-        if expected and digest.hexdigest() != expected:
+        source.download_file(partial)
+        actual = sha256_file(partial)
+        if expected and actual != expected:
             raise UserError(
-                f"{redact.scrub(source.url)}: sha256 {digest.hexdigest()[:12]}... differs from the recorded "
+                f"{redact.scrub(source.url)}: sha256 {actual[:12]}... differs from the recorded "
                 f"{expected[:12]}...: the object is corrupt or changed while pulling; pull again"
             )
         os.replace(partial, target)

@@ -148,6 +148,8 @@ def storage_error(exc: BaseException, store: Store) -> UserError | None:
             f"storage {where}: cannot reach {endpoint_of(store)} ({_reason(exc)}): check that the server is up "
             f"and the endpoint ({endpoint_hint}) is right"
         )
+    if names & {"ProfileNotFound"}:
+        return UserError(f"storage {where}: {_reason(exc)}: check the profile's name (AWS_PROFILE or storage_options)")
     if names & {"NoCredentialsError", "PartialCredentialsError"}:
         return UserError(
             f"storage {where}: no credentials found: set {credentials_hint} (or the spec's storage_options)"
@@ -325,6 +327,11 @@ class Store:
         with self.open_atomic() as out, open(local, "rb") as src:
             while chunk := src.read(1 << 20):
                 out.write(chunk)
+
+    @_translated
+    def download_file(self, local: str | Path) -> None:
+        """Copy this object (not a folder) to a local path, in one request."""
+        self.fs.get_file(self.path, str(local))
 
     @_translated
     def download(self, local: str | Path) -> None:

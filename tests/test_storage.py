@@ -188,3 +188,22 @@ def test_the_local_s3_deploy_spec_runs_the_same_job_as_the_local_one():
     local, on_s3 = spec.load("deploy/local.yaml"), spec.load("deploy/local-s3.yaml")
     assert on_s3.storage.startswith("s3://") and on_s3.cluster == local.cluster
     assert {**comparable(on_s3), "name": None} == {**comparable(local), "name": None}
+
+
+def test_a_named_profile_supplies_the_credentials(s3, monkeypatch, tmp_path):
+    (tmp_path / "credentials").write_text(
+        f"[rnnfarm-test]\naws_access_key_id = {s3.access_key}\naws_secret_access_key = {s3.secret_key}\n"
+    )
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    s3fs.S3FileSystem.clear_instance_cache()
+    (Store.at(f"{BUCKET}/profile/a.json", {"profile": "rnnfarm-test"})).write_json({"by": "option"})
+    with pytest.raises(UserError, match=r"profile \(rnnfarm-other\) could not be found: check the profile's name"):
+        Store.at(f"{BUCKET}/profile/a.json", {"profile": "rnnfarm-other"}).exists()
+    monkeypatch.setenv("AWS_PROFILE", "rnnfarm-test")
+    s3fs.S3FileSystem.clear_instance_cache()
+    assert Store.at(f"{BUCKET}/profile/a.json").read_json() == {"by": "option"}  # the profile named by AWS_PROFILE
+    s3fs.S3FileSystem.clear_instance_cache()
