@@ -189,3 +189,15 @@ def test_a_pulled_run_can_be_shown_locally(trained, s3_env, tmp_path):
     shown = run_cli("runs", "show", str(tmp_path / "tiny"))
     assert shown.exit_code == 0 and shown.output.startswith("run tiny: completed")
     assert "checksums: SHA256SUMS written" in shown.output
+
+
+def test_a_best_checkpoint_without_recorded_checksums_is_still_pulled_whole(trained, s3_env, tmp_path):
+    fs, run = copy_run(s3_env, "older")
+    fs.rm_file(f"{run}/SHA256SUMS")
+    meta = json.loads(fs.cat_file(f"{run}/best/meta.json"))
+    del meta["files"]
+    fs.pipe_file(f"{run}/best/meta.json", json.dumps(meta).encode())
+    result = run_cli("pull", f"s3://{run}", "--best", "--dest", str(tmp_path / "d"))
+    assert result.exit_code == 0, result.output
+    assert "best/model.safetensors" in result.output and "best/samples.json" in result.output
+    assert run_cli("sample", str(tmp_path / "d"), "--prime", "A", "--length", "5").exit_code == 0
