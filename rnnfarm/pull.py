@@ -32,7 +32,7 @@ _SUM_LINE = re.compile(r"^(?P<sha>[0-9a-f]{64}) [ *](?P<name>.+)$")
 class Fetched:
     name: str  # relative to the run (and to the destination)
     size: int
-    check: str  # "sha256 ok", "unchanged" (already there, same sha256) or "no checksum yet"
+    check: str  # "sha256 ok", "unchanged" (already there with that sha256), "no checksum yet", or what a record is
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,8 @@ def safe_name(name: str, source: str) -> str:
         or any(part in ("", ".", "..") for part in parts)
     ):
         raise UserError(
-            f"refusing to pull {name!r} (named by {source}): it would land outside the destination; "
-            "the run's files are damaged or not rnnfarm's"
+            f"refusing to pull {name!r} (named by {source}): not a plain relative path, it could land outside "
+            "the destination; the run's files are damaged or not rnnfarm's"
         )
     return name
 

@@ -201,3 +201,12 @@ def test_a_best_checkpoint_without_recorded_checksums_is_still_pulled_whole(trai
     assert result.exit_code == 0, result.output
     assert "best/model.safetensors" in result.output and "best/samples.json" in result.output
     assert run_cli("sample", str(tmp_path / "d"), "--prime", "A", "--length", "5").exit_code == 0
+
+
+def test_pull_does_not_follow_a_link_out_of_the_destination(trained, s3_env, tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "best").symlink_to(tmp_path / "elsewhere")
+    result = run_cli("pull", RUN, "--best", "--dest", str(tmp_path / "d"))
+    assert result.exit_code == 2 and "resolves outside" in result.output
+    assert list((tmp_path / "elsewhere").iterdir()) == []
