@@ -10,6 +10,7 @@ never created implicitly, as on AWS.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import os
@@ -148,6 +149,7 @@ def start(folder: str | Path, port: int | None = None, timeout: float = 60) -> L
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
     s3 = LocalS3(f"http://{HOST}:{http['s3']}", access, secret, folder, process)
+    atexit.register(s3.stop)  # the server runs in its own session: never leave it behind this process
     deadline = time.monotonic() + timeout
     while not _ready(s3):
         if process.poll() is not None or time.monotonic() > deadline:
