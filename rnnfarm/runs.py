@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import checkpoint
+from . import archive, checkpoint
 from .errors import UserError
 from .spec import JobSpec, dump
 from .storage import Store
@@ -72,21 +72,34 @@ class Run:
             (self.store / "run.json").write_json(record)
         return earlier
 
-    def end(self, status: str, best: dict[str, Any] | None = None, error: str | None = None) -> dict[str, Any]:
+    def end(
+        self,
+        status: str,
+        best: dict[str, Any] | None = None,
+        error: str | None = None,
+        trials: dict[str, int] | None = None,
+    ) -> dict[str, Any]:
         record = {**(self.info() or {}), "status": status, "ended": now(), "best": best}
         if error:
             record["error"] = error
+        if trials is not None:
+            record["trials"] = trials
         (self.store / "run.json").write_json(record)
         return record
 
     def promote(self, trial: str, checkpoint_name: str) -> dict[str, Any]:
-        """Copy a trial's checkpoint (weights and metadata) and its samples at that step to ``best/``."""
+        """Copy a trial's checkpoint, its config, its samples at that step and its sample archive to ``best/``.
+
+        ``meta.json`` is written last: a ``best/`` folder without it is not a checkpoint yet.
+        """
         source = self.trial(trial) / checkpoint_name
         meta = (source / checkpoint.META).read_json()
         (self.best / checkpoint.MODEL).write_bytes((source / checkpoint.MODEL).read_bytes())
-        samples = self.trial(trial) / "samples" / f"step-{meta['step']:06d}.json"
-        if samples.exists():
-            (self.best / "samples.json").write_bytes(samples.read_bytes())
+        extras = {f"samples/step-{meta['step']:06d}.json": "samples.json"}
+        extras.update({name: name for name in ("config.json", archive.JSONL, archive.TEXT)})
+        for name, target in extras.items():
+            if (self.trial(trial) / name).exists():
+                (self.best / target).write_bytes((self.trial(trial) / name).read_bytes())
         (self.best / checkpoint.META).write_json({**meta, "trial": trial, "checkpoint": checkpoint_name})
         return {
             "trial": trial,
