@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -49,22 +50,61 @@ def run(spec_file: str, name: str | None) -> None:
     except jobs.TrainingFailed as exc:
         click.echo(f"error: {scrub(str(exc))}", err=True)
         sys.exit(1)
-    best = outcome.best
-    run_url = outcome.run.store.url
-    click.echo(f"\nrun {outcome.run.name}: {outcome.record['status']}")
+    print_outcome(outcome)
+
+
+def print_outcome(outcome) -> None:
+    from .leaderboard import format_table
+
+    best, run = outcome.best, outcome.run
+    click.echo(f"\nrun {run.name}: {outcome.record['status']}")
+    if len(outcome.rows) > 1:
+        click.echo(format_table(outcome.rows) + "\n")
     click.echo(
         f"best val loss {best['val_loss']:.4f} nats/char ({best['val_bpc']:.4f} bits/char) "
         f"at step {best['step']} of trial {best['trial']}"
     )
     click.echo(f"best checkpoint: {best['url']}")
-    click.echo(f"samples:         {outcome.run.trial(best['trial']).url}/samples/")
-    click.echo(f"sample with:     rnnfarm sample {run_url} --temperature 0.8 --prime 'ROMEO:'")
-    shown = outcome.run.best / "samples.json"
+    click.echo(f"leaderboard:     {run.store.url}/leaderboard.csv")
+    click.echo(f"samples:         {run.trial(best['trial']).url}/samples.txt")
+    click.echo(f"sample with:     rnnfarm sample {run.store.url} --temperature 0.8 --prime 'ROMEO:'")
+    shown = run.best / "samples.json"
     if shown.exists():
         drawn = shown.read_json()["samples"]
         pick = min(drawn, key=lambda s: abs(s["temperature"] - 0.8))
         click.echo(f"\n--- sample at step {best['step']}, temperature {pick['temperature']} ---")
         click.echo(pick["prime"] + pick["text"])
+
+
+@cli.command()
+@click.argument("run_url")
+@click.option("--trial", help="Trial id (default: the run's best trial).")
+@click.option("--step", type=int, help="Only the samples drawn at this step.")
+@click.option("--temperature", "-t", type=float, help="Only the samples drawn at this temperature.")
+@_guarded
+def samples(run_url: str, trial: str | None, step: int | None, temperature: float | None) -> None:
+    """Show how a trial's samples evolved while it trained (RUN_URL: a run folder or URL)."""
+    from . import archive
+    from .runs import Run
+    from .storage import Store
+
+    run = Run(Store.at(run_url))
+    info = run.info()
+    if info is None:
+        raise UserError(f"{run_url}: not a run (no run.json)")
+    trial = trial or (info.get("best") or {}).get("trial")
+    if trial is None or not (run.trial(trial) / "samples").list():
+        known = ", ".join(t.name for t in (run.store / "trials").list()) or "none"
+        raise UserError(f"run {run.name} has no samples for trial {trial!r} (trials: {known}); pass --trial")
+    rows = [
+        r
+        for r in archive.read(run.trial(trial))
+        if (step is None or r["step"] == step) and (temperature is None or math.isclose(r["temperature"], temperature))
+    ]
+    if not rows:
+        raise UserError(f"trial {trial} has no samples at that step/temperature")
+    click.echo(f"trial {trial} of run {run.name}")
+    click.echo(archive.render(rows))
 
 
 @cli.command()

@@ -54,7 +54,7 @@ def worker_loop(config: dict[str, Any]) -> dict[str, Any]:
     return train(config["job"], RaySession())
 
 
-def fit(job: Job, log_format: str) -> ray.train.Result:
+def fit(job: Job, log_format: str, callbacks: list | None = None) -> ray.train.Result:
     """Run the job's training on Ray Train; checkpoints land in the job's trial folder on storage."""
     spec = job.spec
     filesystem, trial_path = job.trial.pyarrow()
@@ -77,6 +77,7 @@ def fit(job: Job, log_format: str) -> ray.train.Result:
                 checkpoint_score_attribute="val_loss",
                 checkpoint_score_order="min",
             ),
+            callbacks=callbacks,
         ),
     )
     return trainer.fit()

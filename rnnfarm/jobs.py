@@ -1,15 +1,18 @@
-"""Running a job: build its corpus, train on Ray, promote the best checkpoint, record the run."""
+"""Running a job: build its corpus, train on Ray (one model or a sweep), rank the trials, promote the best."""
 
 from __future__ import annotations
 
 import math
 import os
+import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import log
+from . import archive, leaderboard, log
 from .corpus.build import build
 from .errors import UserError
+from .leaderboard import TrialEnd
 from .runs import SINGLE_TRIAL, Run
 from .spec import JobSpec
 from .storage import Store
@@ -31,29 +34,55 @@ LOCAL_RAY_ENV = {
 class Outcome:
     run: Run
     record: dict[str, Any]
+    rows: list[dict[str, Any]]
 
     @property
     def best(self) -> dict[str, Any]:
         return self.record["best"]
 
 
+class TrainingFailed(Exception):
+    """Training itself failed (after retries): not a user error, exit code 1."""
+
+
 def start_local_ray(num_cpus: int | None = None) -> None:
     """Start an embedded Ray in this process (once); Ray's own chatter is kept to warnings."""
     import ray
 
+    if ray.is_initialized():
+        return
     for key, value in LOCAL_RAY_ENV.items():
         os.environ.setdefault(key, value)
-    if not ray.is_initialized():
-        ray.init(
-            num_cpus=num_cpus,
-            include_dashboard=True,  # the state API behind it lets Ray Train clean up quietly
-            logging_level="WARNING",
-            logging_config=ray.LoggingConfig(log_level="WARNING"),
-        )
+    # Ray Train's clean-up actors find the state API through this variable; without it they search the
+    # machine and give up when other Ray instances run there, leaking the CPUs of stopped trials.
+    dashboard_port = free_port()
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=True,  # the state API behind it lets Ray Train clean up after trials
+        dashboard_host="127.0.0.1",
+        dashboard_port=dashboard_port,
+        logging_level="WARNING",
+        logging_config=ray.LoggingConfig(log_level="WARNING"),
+    )
 
 
-def ensure_ray(spec: JobSpec) -> None:
-    """Start an embedded Ray for ``cluster.address: local`` and check the job fits in it."""
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def trial_cpus(spec: JobSpec) -> float:
+    """CPUs one trial holds: its workers, plus its driver's sliver in a sweep."""
+    if spec.tune is None:
+        return spec.cluster.workers * spec.cluster.cpus_per_worker
+    r = spec.tune.resources
+    return r.workers * r.cpus_per_worker + r.driver_cpus
+
+
+def ensure_ray(spec: JobSpec) -> float:
+    """Start an embedded Ray for ``cluster.address: local``; returns its CPUs after checking one trial fits."""
     import ray
 
     if spec.cluster.address != "local":
@@ -63,12 +92,14 @@ def ensure_ray(spec: JobSpec) -> None:
         )
     start_local_ray()
     have = ray.cluster_resources().get("CPU", 0)
-    need = spec.cluster.workers * spec.cluster.cpus_per_worker
+    need = trial_cpus(spec)
     if need > have:
+        where = "tune.resources" if spec.tune else "cluster"
         raise UserError(
-            f"cluster: {spec.cluster.workers} workers x {spec.cluster.cpus_per_worker} CPU need {need:g} CPUs, "
-            f"this Ray has {have:g}: lower cluster.workers or cluster.cpus_per_worker"
+            f"{where}: one trial needs {need:g} CPUs (workers x cpus_per_worker), this Ray has {have:g}: "
+            f"lower {where}.workers or {where}.cpus_per_worker"
         )
+    return have
 
 
 def run(spec: JobSpec, name: str | None = None) -> Outcome:
@@ -76,38 +107,59 @@ def run(spec: JobSpec, name: str | None = None) -> Outcome:
     storage = Store.at(spec.storage, spec.storage_options)
     storage.check()
     built = build(storage, spec.corpus)
-    vocab = Vocab.from_json(built.manifest["vocab"])
-    vocab.encode(spec.samples.prime, strict=True)
+    Vocab.from_json(built.manifest["vocab"]).encode(spec.samples.prime, strict=True)
 
     the_run = Run(storage / "runs" / (name or spec.name))
     corpus = {"name": spec.corpus.name, "fingerprint": built.fingerprint, "url": built.folder.url}
     earlier = the_run.begin(spec, corpus)
     if earlier is not None and earlier.get("status") == "completed":
         logger.info("run already completed", run=the_run.name, url=the_run.store.url)
-        return Outcome(the_run, earlier)
+        return Outcome(the_run, earlier, leaderboard.read(the_run.store))
 
-    ensure_ray(spec)
+    cpus = ensure_ray(spec)
+    if spec.tune is not None:
+        from .tune import sweep
+
+        concurrency = spec.tune.concurrency or max(1, int(cpus // trial_cpus(spec)))
+        logger.info("sweeping", run=the_run.name, trials=spec.tune.samples, concurrency=concurrency)
+        ends = sweep(spec, the_run, built.folder, log.log_format(), concurrency)
+    else:
+        logger.info("training", run=the_run.name, workers=spec.cluster.workers, steps=spec.train.steps)
+        ends = [single(spec, the_run, built.folder)]
+    return finish(the_run, ends)
+
+
+def single(spec: JobSpec, the_run: Run, corpus: Store) -> TrialEnd:
+    """Train the spec's one model as the run's only trial."""
     from .distributed import fit
 
-    logger.info("training", run=the_run.name, workers=spec.cluster.workers, steps=spec.train.steps)
-    job = Job(spec=spec, corpus=built.folder, trial=the_run.trial(SINGLE_TRIAL))
-    result = fit(job, log.log_format())
+    trial = the_run.trial(SINGLE_TRIAL)
+    started = time.perf_counter()
+    result = fit(Job(spec=spec, corpus=corpus, trial=trial), log.log_format())
+    archive.consolidate(trial)
+    wall = time.perf_counter() - started
     if result.error is not None:
-        reason = (
-            str(result.error).strip().splitlines()[-1] if str(result.error).strip() else type(result.error).__name__
-        )
-        the_run.end("failed", error=reason)
-        raise TrainingFailed(f"training failed: {reason}")
-    best_ckpt = result.get_best_checkpoint(metric="val_loss", mode="min") or result.checkpoint
-    if best_ckpt is None:
-        the_run.end("failed", error="no checkpoint was reported")
-        raise TrainingFailed("training reported no checkpoint")
-    best = the_run.promote(SINGLE_TRIAL, best_ckpt.path.rstrip("/").rsplit("/", 1)[-1])
+        message = str(result.error).strip()
+        return TrialEnd(SINGLE_TRIAL, "failed", {}, wall, message.splitlines()[-1] if message else "error")
+    step = (result.metrics or {}).get("step", 0)
+    return TrialEnd(SINGLE_TRIAL, "completed" if step >= spec.train.steps else "stopped", {}, wall)
+
+
+def finish(the_run: Run, ends: list[TrialEnd]) -> Outcome:
+    """Rank the trials, promote the best kept checkpoint to ``best/``, and close the run's record."""
+    kept = {end.trial: leaderboard.best_checkpoint(the_run.trial(end.trial)) for end in ends}
+    rows = leaderboard.ranked([leaderboard.row(the_run.trial(end.trial), end, kept[end.trial]) for end in ends])
+    leaderboard.write(the_run.store, rows)
+    candidates = [(meta["val_loss"], trial, name) for trial, k in kept.items() if k for name, meta in [k]]
+    if not candidates:
+        errors = "; ".join(f"{end.trial}: {end.error}" for end in ends if end.error) or "no checkpoint was kept"
+        the_run.end("failed", error=errors)
+        raise TrainingFailed(f"training failed: {errors}")
+    _, trial, name = min(candidates)
+    best = the_run.promote(trial, name)
     best["val_bpc"] = best["val_loss"] / math.log(2)
-    record = the_run.end("completed", best)
-    logger.info("run completed", run=the_run.name, val_loss=round(best["val_loss"], 4), best=best["url"])
-    return Outcome(the_run, record)
-
-
-class TrainingFailed(Exception):
-    """Training itself failed (after retries): not a user error, exit code 1."""
+    record = the_run.end("completed", best, trials={s: sum(e.status == s for e in ends) for s in leaderboard.STATUSES})
+    log.get("rnnfarm.run").info(
+        "run completed", run=the_run.name, val_loss=round(best["val_loss"], 4), best=best["url"]
+    )
+    return Outcome(the_run, record, rows)

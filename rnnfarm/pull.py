@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import checkpoint, redact
+from . import archive, checkpoint, redact
 from .errors import UserError
 from .runs import RECORD, SUMS, Run
 from .storage import Store, sha256_bytes, sha256_file
@@ -94,8 +94,8 @@ def index(run: Run) -> dict[str, str | None]:
             files |= {f"best/{f.name}": None for f in run.best.list()}
         files[BEST_META] = sha256_bytes(data)
     for trial in run.trials():
-        for archive in (run.trial(trial) / "samples").list():
-            files[f"trials/{safe_name(trial, 'the trials listing')}/samples/{archive.name}"] = None
+        for name in archive.names(run.trial(trial)):
+            files[f"trials/{safe_name(trial, 'the trials listing')}/{name}"] = None
     return files
 
 
@@ -112,7 +112,7 @@ def select(
             )
     if samples:
         prefix = f"trials/{trial}/" if trial else "trials/"
-        picked = {n: s for n, s in files.items() if n.startswith(prefix) and "/samples/" in n}
+        picked = {n: s for n, s in files.items() if n.startswith(prefix) and "/samples" in n}
         if trial and not picked:
             trials = sorted({n.split("/")[1] for n in files if n.startswith("trials/")})
             raise UserError(

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import checkpoint, redact
+from . import archive, checkpoint, redact
 from .errors import UserError
 from .spec import JobSpec, dump
 from .storage import Store, sha256_bytes
@@ -96,18 +96,26 @@ class Run:
             (self.store / "run.json").write_json(record)
         return earlier
 
-    def end(self, status: str, best: dict[str, Any] | None = None, error: str | None = None) -> dict[str, Any]:
+    def end(
+        self,
+        status: str,
+        best: dict[str, Any] | None = None,
+        error: str | None = None,
+        trials: dict[str, int] | None = None,
+    ) -> dict[str, Any]:
         """Record the run's end; a completed run is sealed (``SHA256SUMS``) before its record says so."""
         if status == "completed":
             self.seal()
         record = {**(self.info() or {}), "status": status, "ended": now(), "best": best}
         if error:
             record["error"] = redact.scrub(error)
+        if trials is not None:
+            record["trials"] = trials
         (self.store / RECORD).write_json(record)
         return record
 
     def promote(self, trial: str, checkpoint_name: str) -> dict[str, Any]:
-        """Copy a trial's checkpoint (weights and metadata) and its samples at that step to ``best/``.
+        """Copy a trial's checkpoint, its config, its samples at that step and its sample archive to ``best/``.
 
         The old ``meta.json`` goes first and the new one comes last, with the sha256 of each file, so a
         reader never trusts weights of one checkpoint under the metadata of another.
@@ -116,9 +124,11 @@ class Run:
         meta = (source / checkpoint.META).read_json()
         (self.best / checkpoint.META).remove()
         files = {checkpoint.MODEL: (source / checkpoint.MODEL).read_bytes()}
-        samples = self.trial(trial) / "samples" / f"step-{meta['step']:06d}.json"
-        if samples.exists():
-            files["samples.json"] = samples.read_bytes()
+        extras = {f"samples/step-{meta['step']:06d}.json": "samples.json"}
+        extras.update({name: name for name in ("config.json", archive.JSONL, archive.TEXT)})
+        for name, target in extras.items():
+            if (self.trial(trial) / name).exists():
+                files[target] = (self.trial(trial) / name).read_bytes()
         for name, data in files.items():
             (self.best / name).write_bytes(data)
         sums = {name: {"sha256": sha256_bytes(data), "size": len(data)} for name, data in files.items()}
@@ -141,8 +151,8 @@ class Run:
             for name, entry in json.loads(data).get("files", {}).items():
                 sums[f"best/{name}"] = entry["sha256"]
         for trial in self.trials():
-            for archive in (self.trial(trial) / "samples").list():
-                sums[f"trials/{trial}/samples/{archive.name}"] = sha256_bytes(archive.read_bytes())
+            for name in archive.names(self.trial(trial)):
+                sums[f"trials/{trial}/{name}"] = sha256_bytes((self.trial(trial) / name).read_bytes())
         (self.store / SUMS).write_text("".join(f"{digest}  {name}\n" for name, digest in sorted(sums.items())))
 
     def summary(self, record: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -155,7 +165,7 @@ class Run:
             "status": record.get("status"),
             "best_val_loss": best.get("val_loss"),
             "best_trial": best.get("trial"),
-            "trials": len(trials) if isinstance(trials, list | dict) else len(self.trials()),
+            "trials": sum(trials.values()) if isinstance(trials, dict) else len(self.trials()),
             "started": record.get("started"),
             "ended": record.get("ended"),
             "url": self.store.url,

@@ -85,6 +85,82 @@ class ClusterSpec(Section):
     threads_per_worker: Positive | None = None
 
 
+class Distribution(Section):
+    """One search dimension: exactly one of a list to choose from, a grid, or a (log-)uniform range.
+
+    On an integer setting a range draws integers, bounds included.
+    """
+
+    choice: Annotated[list[Any], Field(min_length=1)] | None = None
+    grid: Annotated[list[Any], Field(min_length=1)] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Distribution:
+        given = [name for name in ("choice", "grid", "uniform", "loguniform") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of choice, grid, uniform, loguniform")
+        for name in ("uniform", "loguniform"):
+            bounds = getattr(self, name)
+            if bounds is not None and not bounds[0] < bounds[1]:
+                raise ValueError(f"{name} needs [low, high] with low < high")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError("loguniform needs a low bound > 0")
+        return self
+
+    @property
+    def candidates(self) -> list[Any]:
+        """Values that show whether the dimension fits its setting: every listed value, or both bounds."""
+        return list(self.choice or self.grid or self.uniform or self.loguniform)
+
+
+TUNABLE = (
+    "model.cell",
+    "model.layers",
+    "model.hidden",
+    "model.embedding",
+    "model.dropout",
+    "train.lr",
+    "train.seq_len",
+    "train.batch_size",
+    "train.weight_decay",
+)
+
+
+class SchedulerSpec(Section):
+    """ASHA stops trials whose val loss trails at a rung; rungs are counted in training steps."""
+
+    kind: Literal["asha", "none"] = "asha"
+    grace_period: Positive | None = None  # steps before a trial can be stopped (default: train.eval_every)
+    reduction_factor: Annotated[float, Field(gt=1)] = 2.0
+
+
+class TrialResources(Section):
+    """What one trial holds: its Train workers, and the driver function that launches them.
+
+    The driver mostly waits; ``driver_cpus: 0`` lets trials use every core for workers (it then
+    reserves a little memory instead of CPU).
+    """
+
+    workers: Positive = 1
+    cpus_per_worker: PositiveFloat = 1.0
+    use_gpu: bool = False
+    driver_cpus: Annotated[float, Field(ge=0, le=1)] = 0.01
+
+
+class TuneSpec(Section):
+    """A sweep: each trial trains the spec's model with the sampled settings applied."""
+
+    space: Annotated[dict[str, Distribution], Field(min_length=1)]
+    samples: Positive = 4
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    concurrency: Positive | None = None
+    time_budget_s: PositiveFloat | None = None
+    resources: TrialResources = Field(default_factory=TrialResources)
+    seed: int = 0
+
+
 class JobSpec(Section):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
     storage: str = "./rnnfarm-data"
@@ -94,6 +170,30 @@ class JobSpec(Section):
     train: TrainSpec = Field(default_factory=TrainSpec)
     samples: SampleSpec = Field(default_factory=SampleSpec)
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    tune: TuneSpec | None = None
+
+    @model_validator(mode="after")
+    def _space_fits_the_spec(self) -> JobSpec:
+        if self.tune is None:
+            return self
+        for key, dist in self.tune.space.items():
+            if key not in TUNABLE:
+                raise ValueError(f"tune.space.{key}: not a tunable setting (tunable: {', '.join(TUNABLE)})")
+            for value in dist.candidates:
+                try:
+                    with_settings(self, {key: value})
+                except ValidationError as exc:
+                    raise ValueError(f"tune.space.{key}: {value!r} {_describe(exc.errors()[0])}") from None
+        return self
+
+
+def with_settings(spec: JobSpec, settings: dict[str, Any]) -> JobSpec:
+    """A single-model spec: this one with dotted settings (``model.hidden: 256``) applied, and no sweep."""
+    data = {**spec.model_dump(), "tune": None}
+    for key, value in settings.items():
+        section, field = key.split(".", 1)
+        data[section][field] = value
+    return JobSpec.model_validate(data)
 
 
 def _describe(error: dict[str, Any]) -> str:
@@ -125,8 +225,8 @@ def _describe(error: dict[str, Any]) -> str:
 def _format(exc: ValidationError, source: str) -> str:
     problems = []
     for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]) or "(top level)"
-        problems.append(f"{where}: {_describe(error)}")
+        where = ".".join(str(p) for p in error["loc"])
+        problems.append(f"{where}: {_describe(error)}" if where else _describe(error))
     return f"{source}: " + "; ".join(problems)
 
 

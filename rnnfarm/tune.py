@@ -1,0 +1,165 @@
+"""The Ray Tune stage: each trial is a driver function that runs one TorchTrainer.
+
+The driver takes a sliver of a CPU; its Train workers take the trial's resources. Train workers
+report to Tune through ``TuneReportCallback``, so ASHA sees every evaluation's val loss at its step
+and stops trials that trail. The experiment lives in ``runs/<run>/tune/`` and each trial's training
+in ``runs/<run>/trials/<trial id>/``; running the same job again restores the sweep.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import typing
+from typing import Any
+
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import BasicVariantGenerator
+
+from . import archive, log
+from .distributed import fit
+from .leaderboard import TrialEnd, evaluations
+from .runs import Run, comparable
+from .spec import Distribution, JobSpec, TuneSpec, with_settings
+from .storage import Store
+from .train import Job
+
+EXPERIMENT = "tune"
+DRIVER_MEMORY = 64 << 20
+
+
+def _is_int(key: str) -> bool:
+    section, field = key.split(".", 1)
+    model = typing.get_type_hints(JobSpec)[section]
+    annotation = str(model.model_fields[field].annotation)
+    return annotation.startswith("int") or "Annotated[int" in annotation
+
+
+def _domain(key: str, dist: Distribution):
+    if dist.choice is not None:
+        return tune.choice(dist.choice)
+    if dist.grid is not None:
+        return tune.grid_search(dist.grid)
+    if dist.uniform is not None:
+        lo, hi = dist.uniform
+        return tune.randint(int(lo), int(hi) + 1) if _is_int(key) else tune.uniform(lo, hi)
+    lo, hi = dist.loguniform
+    return tune.lograndint(int(lo), int(hi) + 1) if _is_int(key) else tune.loguniform(lo, hi)
+
+
+def param_space(t: TuneSpec) -> dict[str, dict[str, Any]]:
+    """The search space as Tune domains, nested by spec section (``{"model": {"hidden": ...}}``)."""
+    space: dict[str, dict[str, Any]] = {}
+    for key, dist in t.space.items():
+        section, field = key.split(".", 1)
+        space.setdefault(section, {})[field] = _domain(key, dist)
+    return space
+
+
+def settings_of(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's config flattened back to dotted settings."""
+    return {f"{section}.{field}": value for section, fields in config.items() for field, value in fields.items()}
+
+
+def trial_spec(base: JobSpec, settings: dict[str, Any]) -> JobSpec:
+    """The single-model spec one trial trains: the sampled settings, on the trial's resources."""
+    r = base.tune.resources
+    placement = {
+        "cluster.workers": r.workers,
+        "cluster.cpus_per_worker": r.cpus_per_worker,
+        "cluster.use_gpu": r.use_gpu,
+    }
+    return with_settings(base, {**settings, **placement})
+
+
+def driver(config: dict[str, Any], *, base: JobSpec, corpus: Store, run: Run, log_format: str) -> None:
+    """One trial: train the sampled model through Ray Train, then archive its samples."""
+    log.configure(log_format)
+    trial_id = tune.get_context().get_trial_id()
+    settings = settings_of(config)
+    spec = trial_spec(base, settings)
+    trial = run.trial(trial_id)
+    (trial / "config.json").write_json({"trial": trial_id, "settings": settings, "spec": comparable(spec)})
+    result = fit(Job(spec, corpus, trial), log_format, callbacks=[TuneReportCallback()])
+    archive.consolidate(trial)
+    if result.error is not None:
+        raise result.error
+
+
+def _tuner(spec: JobSpec, run: Run, corpus: Store, log_format: str, concurrency: int) -> tune.Tuner:
+    t = spec.tune
+    # A driver that takes no CPU still reserves a little memory: Ray needs a non-empty request.
+    reserve = {"cpu": t.resources.driver_cpus} if t.resources.driver_cpus else {"cpu": 0, "memory": DRIVER_MEMORY}
+    trainable = tune.with_resources(
+        tune.with_parameters(driver, base=spec, corpus=corpus, run=run, log_format=log_format), reserve
+    )
+    filesystem, path = run.store.pyarrow()
+    experiment = f"{path}/{EXPERIMENT}"
+    if tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
+        log.get("rnnfarm.tune").info("resuming sweep", run=run.name)
+        return tune.Tuner.restore(
+            experiment, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=filesystem
+        )
+    if t.scheduler.kind == "asha":
+        scheduler = ASHAScheduler(
+            time_attr="step",
+            max_t=spec.train.steps,
+            grace_period=min(t.scheduler.grace_period or spec.train.eval_every, spec.train.steps),
+            reduction_factor=t.scheduler.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(t),
+        tune_config=tune.TuneConfig(
+            metric="val_loss",
+            mode="min",
+            scheduler=scheduler,
+            search_alg=BasicVariantGenerator(random_state=t.seed, max_concurrent=concurrency),
+            num_samples=t.samples,
+            time_budget_s=t.time_budget_s,
+            trial_dirname_creator=lambda trial: trial.trial_id,
+            trial_name_creator=lambda trial: trial.trial_id,
+        ),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT,
+            storage_path=path,
+            storage_filesystem=filesystem,
+            failure_config=tune.FailureConfig(max_failures=0),
+            verbose=0,
+        ),
+    )
+
+
+def sweep(spec: JobSpec, run: Run, corpus: Store, log_format: str, concurrency: int) -> list[TrialEnd]:
+    """Run (or resume) the sweep; how each trial ended, for the leaderboard."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no progress tables on stdout
+    # A trial that had finished its steps when the sweep was cut resumes at its last step and reports
+    # nothing new: its results are read from storage, so Tune must accept the silent end.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    started = time.perf_counter()
+    results = _tuner(spec, run, corpus, log_format, concurrency).fit()
+    ends = []
+    for result in results:
+        trial_id = result.path.rstrip("/").rsplit("/", 1)[-1]
+        trial = run.trial(trial_id)
+        archive.consolidate(trial)
+        # A worker can finish its last steps while the scheduler's stop is on its way: count what it stored.
+        stored = evaluations(trial)
+        step = max((result.metrics or {}).get("step", 0), stored[-1]["step"] if stored else 0)
+        if result.error is not None:
+            status = "failed"
+        elif not step:
+            status = "not started"
+        else:
+            status = "completed" if step >= spec.train.steps else "stopped"
+        error = str(result.error).strip().splitlines()[-1] if result.error is not None else None
+        wall = (result.metrics or {}).get("time_total_s")
+        ends.append(TrialEnd(trial_id, status, settings_of(result.config or {}), wall, error))
+    log.get("rnnfarm.tune").info(
+        "sweep ended", run=run.name, trials=len(ends), wall_s=round(time.perf_counter() - started, 1)
+    )
+    return ends
