@@ -105,12 +105,16 @@ def test_pull_verifies_then_sample_works_on_the_pulled_folder(trained, s3_env, t
         "best/meta.json",
         "best/model.safetensors",
         "best/samples.json",
+        "best/samples.jsonl",
+        "best/samples.txt",
         "run.json",
+        "trials/main/samples.jsonl",
+        "trials/main/samples.txt",
         "trials/main/samples/step-000015.json",
         "trials/main/samples/step-000030.json",
     ]
     again = run_cli("pull", RUN, "--dest", str(dest))
-    assert again.exit_code == 0 and again.output.count("unchanged") == 5
+    assert again.exit_code == 0 and again.output.count("unchanged") == 9
 
     sampled = run_cli("sample", str(dest), "--prime", "ROMEO:", "--length", "40", "--seed", "3")
     assert sampled.exit_code == 0, sampled.output

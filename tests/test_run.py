@@ -52,7 +52,7 @@ def test_run_trains_on_two_workers_and_keeps_the_best(ray_local, tmp_path):
 def test_more_workers_than_cpus_is_refused_before_training(ray_local, tmp_path):
     result = CliRunner().invoke(cli, ["run", write_spec(tmp_path, cluster={"workers": 3})])
     assert result.exit_code == 2
-    assert "need 3 CPUs, this Ray has 2" in result.output
+    assert "cluster: one trial needs 3 CPUs (workers x cpus_per_worker), this Ray has 2" in result.output
 
 
 def test_sampling_something_that_is_not_a_checkpoint(tmp_path):
