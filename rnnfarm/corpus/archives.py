@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import IO
 
 PIECE = 4 << 20  # bytes per piece when a file is streamed
-CHUNK = 1 << 20  # compressed bytes fed to a decompressor at once
+CHUNK = 1 << 20  # compressed bytes fed to a decompressor at once, and the most it gives back at once
 MAGIC: dict[bytes, Callable] = {
     b"\x1f\x8b": lambda: zlib.decompressobj(wbits=31),
     b"BZh": bz2.BZ2Decompressor,
@@ -22,7 +22,8 @@ MAGIC: dict[bytes, Callable] = {
 
 class _Decompressing(io.RawIOBase):
     """A decompressed stream fed in large chunks (the standard library's file classes feed 8 KB at a
-    time, which halves xz throughput); concatenated streams (multi-member gzip, bzip2, xz) continue."""
+    time, which halves xz throughput), with bounded output per step. Concatenated streams
+    (multi-member gzip, bzip2, xz) continue; padding after the last one is ignored."""
 
     def __init__(self, f: IO[bytes], head: bytes, make: Callable) -> None:
         self.f, self.pending, self.make = f, head, make
@@ -31,16 +32,38 @@ class _Decompressing(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def _needs_input(self) -> bool:
+        return getattr(self.engine, "needs_input", True)  # zlib leaves what it has not used in pending
+
+    def _step(self) -> bytes:
+        if self.engine.eof:
+            self.pending = self.engine.unused_data + self.pending or self.f.read(CHUNK)
+            if not self.pending:
+                self.eof = True
+                return b""
+            self.engine = self.make()
+            try:
+                return self._feed()
+            except (OSError, EOFError, lzma.LZMAError, zlib.error):
+                self.eof = True  # not another stream: padding or trailing bytes
+                return b""
+        if not self.pending and self._needs_input():
+            self.pending = self.f.read(CHUNK)
+            if not self.pending:  # a truncated stream: what the engine still holds, then the end
+                self.eof = True
+                return self.engine.flush() if hasattr(self.engine, "flush") else b""
+        return self._feed()
+
+    def _feed(self) -> bytes:
+        data, self.pending = self.pending, b""
+        out = self.engine.decompress(data, CHUNK)
+        if not self.engine.eof:  # at the end of a stream what is left is in unused_data
+            self.pending = getattr(self.engine, "unconsumed_tail", b"")
+        return out
+
     def readinto(self, buffer) -> int:
         while self.pos == len(self.out) and not self.eof:
-            data = self.pending or self.f.read(CHUNK)
-            self.pending = b""
-            if not data:
-                self.eof = True
-                break
-            self.out, self.pos = self.engine.decompress(data), 0
-            if self.engine.eof and self.engine.unused_data:
-                self.pending, self.engine = self.engine.unused_data, self.make()
+            self.out, self.pos = self._step(), 0
         n = min(len(buffer), len(self.out) - self.pos)
         buffer[:n] = memoryview(self.out)[self.pos : self.pos + n]
         self.pos += n

@@ -52,8 +52,10 @@ def _options(corpus: Corpus, given: dict[str, Any]) -> BaseModel:
     try:
         return corpus.Options.model_validate(given)
     except ValidationError as exc:
+        words = {"missing": "is required", "extra_forbidden": "is not an option of this corpus"}
         problems = "; ".join(
-            f"corpus.options.{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+            f"corpus.options.{'.'.join(map(str, e['loc']))}: "
+            + words.get(e["type"], e["msg"].removeprefix("Value error, "))
             for e in exc.errors()
         )
         raise UserError(problems) from None
@@ -203,7 +205,7 @@ def build(storage: Store, spec: CorpusSpec) -> Built:
         "options": options.model_dump(mode="json"),
         "source_sha256": fetched.sha256,
         "normalization": {**policy.model_dump(mode="json"), "separator": separator},
-        "splits": {"by": split_by, "val": spec.val, "test": spec.test},
+        "splitting": {"by": split_by, "val": spec.val, "test": spec.test},
     }
     fp = fingerprint(inputs)
     folder = storage / "corpora" / corpus.name / fp

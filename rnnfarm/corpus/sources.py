@@ -117,8 +117,13 @@ def _glob_base(path: str) -> str:
     return posixpath.dirname(path)
 
 
-def _included(name: str, patterns: tuple[str, ...]) -> bool:
-    return not patterns or any(p == name or fnmatch.fnmatchcase(name, p) for p in patterns)
+def _selector(patterns: tuple[str, ...]):
+    """A test on names: exact names by set lookup, the others by fnmatch; no patterns keep everything."""
+    exact = {p for p in patterns if not glob.has_magic(p)}
+    magic = [p for p in patterns if glob.has_magic(p)]
+    if not patterns:
+        return lambda name: True
+    return lambda name: name in exact or any(fnmatch.fnmatchcase(name, p) for p in magic)
 
 
 def _copy_to_cache(fs: fsspec.AbstractFileSystem, path: str, expected: str, cache: Path) -> Path:
@@ -169,10 +174,10 @@ def _resolve(source: Source, cache: Path) -> Fetched:
             base, found = _glob_base(path), fs.glob(path, detail=True)
         else:
             base, found = path, fs.find(path, detail=True)
-        infos = {}
+        infos, included = {}, _selector(source.include)
         for p, info in found.items():
             name = posixpath.relpath(p, base) if base else p
-            if info.get("type") != "directory" and _included(name, source.include):
+            if info.get("type") != "directory" and included(name):
                 infos[name] = (p, info)
         if not infos:
             raise FileNotFoundError("no file matches" + (f" {', '.join(source.include)}" if source.include else ""))
