@@ -49,7 +49,9 @@ class Names(Corpus):
     def documents(self, fetched: Fetched, options: Options) -> Iterator[Document]:
         with fetched.open() as f:
             table = pq.read_table(f, columns=["year", "sex", "name", "n"])
-        keep = pc.and_(pc.greater_equal(table["year"], options.first_year), pc.less_equal(table["year"], options.last_year))
+        keep = pc.and_(
+            pc.greater_equal(table["year"], options.first_year), pc.less_equal(table["year"], options.last_year)
+        )
         if options.sex != "any":
             keep = pc.and_(keep, pc.equal(table["sex"], options.sex))
         totals = table.filter(keep).group_by("name").aggregate([("n", "sum")])
