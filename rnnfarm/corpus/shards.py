@@ -70,8 +70,8 @@ def _utf8(column: pa.Array) -> np.ndarray:
 class SplitWriter:
     """Writes one split's text as numbered shards in a corpus folder, counting its symbols."""
 
-    def __init__(self, folder: Store, split: str, tally: Tally, level: str, shard_chars: int = SHARD_CHARS) -> None:
-        self.folder, self.split, self.tally, self.level, self.shard_chars = folder, split, tally, level, shard_chars
+    def __init__(self, folder: Store, split: str, tally: Tally, level: str) -> None:
+        self.folder, self.split, self.tally, self.level = folder, split, tally, level
         self.shards: list[dict[str, Any]] = []
         self._rows: list[tuple[str, str]] = []
         self._row_chars = 0
@@ -120,7 +120,7 @@ class SplitWriter:
         self._shard["rows"] += len(texts)
         self._shard["batches"].append(tokens)
         self._rows, self._row_chars = [], 0
-        if self._shard["chars"] >= self.shard_chars:
+        if self._shard["chars"] >= SHARD_CHARS:
             self._close_shard()
 
     def _open_shard(self) -> None:
