@@ -11,7 +11,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO
 
-PIECE = 4 << 20  # bytes per piece when a file is streamed
+PIECE = 1 << 20  # bytes per piece when a file is streamed
 CHUNK = 1 << 20  # compressed bytes fed to a decompressor at once, and the most it gives back at once
 MAGIC: dict[bytes, Callable] = {
     b"\x1f\x8b": lambda: zlib.decompressobj(wbits=31),
@@ -119,8 +119,9 @@ def tar_members(
     matched as ``kernel/fork.c``). Each file object is valid until the next member is asked for.
     """
     include, exclude = tuple(include), tuple(exclude)
-    with tarfile.open(fileobj=decompressed(f), mode="r|", bufsize=65536) as tar:
-        for member in tar:
+    with tarfile.open(fileobj=decompressed(f), mode="r|", bufsize=1 << 16) as tar:
+        while (member := tar.next()) is not None:
+            tar.members.clear()  # a TarFile keeps every header it has read: memory would grow with the archive
             if not member.isfile():
                 continue
             name = member.name.split("/", 1)[1] if strip_top and "/" in member.name else member.name

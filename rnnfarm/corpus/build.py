@@ -34,7 +34,8 @@ from .normalize import Normalizer, Policy, Tally, choose_vocab
 from .sources import fetch
 
 SPLITS = ("train", "val", "test")
-PREFETCH = 8  # documents (or pieces of them) read ahead of normalization
+PREFETCH = 4  # bundles of documents read ahead of normalization
+BUNDLE = 1 << 20  # bytes of text per bundle
 
 
 @dataclass(frozen=True)
@@ -72,36 +73,43 @@ def _split_of(doc_id: str, val: float, test: float) -> str:
 
 
 def _prefetched(items: Iterable[Document], depth: int = PREFETCH) -> Iterator[Document]:
-    """The items, read by a thread up to ``depth`` ahead (the reading releases the GIL while it
-    decompresses); its errors are raised here, and it stops when the consumer does."""
+    """The items, read by a thread ahead of the consumer (the reading releases the GIL while it
+    decompresses) and handed over in bundles of about ``BUNDLE`` bytes, so that small documents do
+    not cost a thread switch each. Its errors are raised here; it stops when the consumer does."""
     box: queue.Queue = queue.Queue(maxsize=depth)
     stop, end = threading.Event(), object()
 
+    def put(bundle) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(bundle, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def read() -> None:
+        bundle, size = [], 0
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        box.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            box.put((end, None))
+                bundle.append(item)
+                size += len(item.text)
+                if size >= BUNDLE or len(bundle) >= 1024:
+                    if not put(bundle):
+                        return
+                    bundle, size = [], 0
+            put(bundle)
+            put(end)
         except BaseException as exc:  # handed to the consumer, raised there
-            box.put((end, exc))
+            put(exc)
 
     reader = threading.Thread(target=read, name="rnnfarm-corpus-reader", daemon=True)
     reader.start()
     try:
-        while True:
-            item, error = box.get()
-            if item is end:
-                if error is not None:
-                    raise error
-                return
-            yield item
+        while (bundle := box.get()) is not end:
+            if isinstance(bundle, BaseException):
+                raise bundle
+            yield from bundle
     finally:
         stop.set()
         reader.join(timeout=5)

@@ -15,6 +15,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ ROW_CHARS = 1 << 20  # a longer document is stored as several consecutive rows
 BATCH_CHARS = 4 << 20  # text per Arrow record batch
 SHARD_CHARS = 64 << 20  # text per shard file
 COMPRESSION = pa.Codec("zstd", compression_level=1)
+IN_FLIGHT = 2  # record batches a split writer may have queued for its writing thread
 
 
 class _Hashing:
@@ -68,17 +70,24 @@ def _utf8(column: pa.Array) -> np.ndarray:
 
 
 class SplitWriter:
-    """Writes one split's text as numbered shards in a corpus folder, counting its symbols."""
+    """Writes one split's text as numbered shards in a corpus folder, counting its symbols.
+
+    Record batches are built here; compressing, hashing and writing them happens in a thread of
+    this writer's own (Arrow releases the GIL while it compresses), a few batches behind.
+    """
 
     def __init__(self, folder: Store, split: str, tally: Tally, level: str) -> None:
         self.folder, self.split, self.tally, self.level = folder, split, tally, level
         self.shards: list[dict[str, Any]] = []
         self._rows: list[tuple[str, str]] = []
         self._row_chars = 0
+        self._shard: dict[str, Any] | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rnnfarm-{split}-writer")
+        self._pending: list[Future] = []
+        # Touched by the writing thread only:
         self._stack: contextlib.ExitStack | None = None
         self._writer: pa.ipc.RecordBatchFileWriter | None = None
         self._sink: _Hashing | None = None
-        self._shard: dict[str, Any] = {}
 
     def add(self, doc_id: str, text: str) -> None:
         for start in range(0, len(text), ROW_CHARS):
@@ -91,10 +100,17 @@ class SplitWriter:
     def close(self) -> list[dict[str, Any]]:
         self._flush_batch()
         self._close_shard()
+        for future in self._pending:
+            future.result()
+        self._pool.shutdown()
         return self.shards
 
     def abort(self) -> None:
         """Remove what this writer wrote (a failed build leaves no shards of its own behind)."""
+        for future in self._pending:
+            with contextlib.suppress(Exception):
+                future.result()
+        self._pool.shutdown()
         if self._stack is not None:
             with contextlib.suppress(Exception):
                 self._stack.__exit__(RuntimeError, RuntimeError("build aborted"), None)
@@ -103,17 +119,25 @@ class SplitWriter:
                 target = self.folder / shard["path"]
                 target.fs.rm(target.path)
 
+    def _submit(self, fn, *args) -> None:
+        self._pending.append(self._pool.submit(fn, *args))
+        while len(self._pending) > IN_FLIGHT:
+            self._pending.pop(0).result()
+
     def _flush_batch(self) -> None:
         if not self._rows:
             return
-        if self._writer is None:
-            self._open_shard()
+        opening = self._shard is None
+        if opening:
+            name = f"{self.split}-{len(self.shards):05d}.arrow"
+            self._shard = {"path": name, "chars": 0, "bytes": 0, "tokens": 0, "rows": 0, "batches": []}
         docs, texts = zip(*self._rows, strict=True)
         column = pa.array(texts, pa.large_string())
         utf8 = _utf8(column)
         self.tally.add(utf8)
         tokens = self._row_chars if self.level == "char" else len(utf8)
-        self._writer.write_batch(pa.record_batch([pa.array(docs, pa.string()), column], SCHEMA))
+        batch = pa.record_batch([pa.array(docs, pa.string()), column], SCHEMA)
+        self._submit(self._write, batch, self._shard["path"] if opening else None)
         self._shard["chars"] += self._row_chars
         self._shard["bytes"] += len(utf8)
         self._shard["tokens"] += tokens
@@ -123,21 +147,26 @@ class SplitWriter:
         if self._shard["chars"] >= SHARD_CHARS:
             self._close_shard()
 
-    def _open_shard(self) -> None:
-        self._stack = contextlib.ExitStack()
-        name = f"{self.split}-{len(self.shards):05d}.arrow"
-        raw = self._stack.enter_context((self.folder / name).open_atomic())
-        self._sink = _Hashing(raw)
-        options = pa.ipc.IpcWriteOptions(compression=COMPRESSION)
-        self._writer = pa.ipc.new_file(pa.PythonFile(self._sink, mode="w"), SCHEMA, options=options)
-        self._shard = {"path": name, "chars": 0, "bytes": 0, "tokens": 0, "rows": 0, "batches": []}
-
     def _close_shard(self) -> None:
-        if self._writer is None:
+        if self._shard is None:
             return
+        self.shards.append(self._shard)
+        self._submit(self._finish, self._shard)
+        self._shard = None
+
+    def _write(self, batch: pa.RecordBatch, open_as: str | None) -> None:
+        if open_as is not None:
+            self._stack = contextlib.ExitStack()
+            raw = self._stack.enter_context((self.folder / open_as).open_atomic())
+            self._sink = _Hashing(raw)
+            options = pa.ipc.IpcWriteOptions(compression=COMPRESSION)
+            self._writer = pa.ipc.new_file(pa.PythonFile(self._sink, mode="w"), SCHEMA, options=options)
+        self._writer.write_batch(batch)
+
+    def _finish(self, shard: dict[str, Any]) -> None:
         self._writer.close()
         self._stack.close()
-        self.shards.append({**self._shard, "size": self._sink.size, "sha256": self._sink.sha.hexdigest()})
+        shard.update(size=self._sink.size, sha256=self._sink.sha.hexdigest())
         self._writer = self._sink = self._stack = None
 
 
