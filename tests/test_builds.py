@@ -222,3 +222,25 @@ def test_a_files_corpus_from_memory_storage(tmp_path):
     built = build(Store.at(str(tmp_path)), files_spec(str(tmp_path), "memory://rnnfarm-test-texts/*.tex"))
     assert built.manifest["source"]["files"] == 6 and built.manifest["documents"] == 6
     memory.rm("/rnnfarm-test-texts", recursive=True)
+
+
+def test_a_byte_level_corpus_trains_and_samples_text(tmp_path):
+    from rnnfarm.runs import Run
+    from rnnfarm.sample import sample
+    from rnnfarm.train import Job, LocalSession, train
+
+    chemobabel = {"url": f"{latex.DEBIAN_ROOT}/latex/chemobabel", "include": ["*.tex*"], "split": "position"}
+    job = make_spec(  # the package's documentation and examples, in English and Japanese
+        str(tmp_path / "storage"),
+        corpus={"name": "files", "options": chemobabel, "normalize": {"level": "byte"}},
+        train={"steps": 10, "eval_every": 10},
+        samples={"prime": "\\section{"},
+    )
+    built = build(Store.at(job.storage), job.corpus)
+    train_split = built.manifest["splits"]["train"]
+    assert train_split["bytes"] > train_split["chars"] + 1000  # Japanese: three bytes a character
+    session = LocalSession(tmp_path / "checkpoints")
+    train(Job(job, built.folder, Run(Store.at(job.storage) / "runs" / "b").trial()), session)
+    drawn = "".join(sample(str(tmp_path / "checkpoints" / "checkpoint-000010"), prime="\\section{", length=200, seed=1))
+    assert 0 < len(drawn) <= 200 and isinstance(drawn, str)
+    drawn.encode("utf-8")  # whole characters: no byte of a sequence is left dangling as a surrogate
