@@ -41,7 +41,7 @@ from .base import Fetched, Source, SourceFile
 
 PYPI = "pypi://"
 ON_THIS_MACHINE = {"file", "local", "memory"}
-CONTENT_TAGS = ("ETag", "etag", "md5Hash", "md5", "crc32c", "CRC")
+CONTENT_TAGS = ("ETag", "etag", "Content-MD5", "Digest", "md5Hash", "md5", "crc32c", "CRC")
 
 
 def cache_dir() -> Path:
