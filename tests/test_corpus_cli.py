@@ -40,12 +40,12 @@ def test_build_prints_the_summary_and_location_then_skips_a_rebuild(tmp_path):
     assert again.exit_code == 0 and again.stdout.startswith("already built: ") and fingerprint in again.stdout
 
 
-def test_build_takes_policy_and_split_fractions(tmp_path):
-    result = invoke(
-        "corpus", "build", "shakespeare", "-n", "level=byte", "--val", "0.05", "--test", "0.05", "--to", str(tmp_path)
-    )
+def test_build_takes_policy_split_fractions_and_a_file_url(tmp_path):
+    to = f"file://{tmp_path}"
+    result = invoke("corpus", "build", "shakespeare", "-n", "level=byte", "--val", "0.05", "--test", "0.05", "--to", to)
     assert result.exit_code == 0, result.stdout
     assert "(byte level)" in result.stdout
+    assert f"location: {tmp_path}/corpora/shakespeare/" in result.stdout
     assert [line.split()[0] for line in result.stdout.splitlines()[3:6]] == ["train", "val", "test"]
 
 
