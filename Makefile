@@ -21,6 +21,7 @@ run: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	tests/setup-debian.sh
 	$(BIN)/python -m pytest
 
 s3-server: setup

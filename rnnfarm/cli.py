@@ -233,6 +233,83 @@ def runs_show(run_url: str, as_json: bool) -> None:
         )
 
 
+def _assignments(pairs: tuple[str, ...], flag: str) -> dict:
+    """``key=value`` pairs; a value is read as YAML (numbers, booleans, lists), else kept as text."""
+    import yaml
+
+    given = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"{flag} {pair!r}: expected key=value")
+        try:
+            given[key] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError:
+            given[key] = value
+    return given
+
+
+@cli.group()
+def corpus() -> None:
+    """List, build and inspect corpora."""
+
+
+@corpus.command("list")
+@_guarded
+def corpus_list() -> None:
+    """The installed corpus plugins: name, version, distribution, description."""
+    from .corpus import report
+
+    click.echo("\n".join(report.corpora()))
+
+
+@corpus.command("build")
+@click.argument("name")
+@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE", help="A plugin option (repeatable).")
+@click.option("-n", "--normalize", multiple=True, metavar="KEY=VALUE", help="A normalization policy field.")
+@click.option("--val", type=float, default=0.1, show_default=True, help="Validation fraction.")
+@click.option("--test", type=float, default=0.0, show_default=True, help="Test fraction.")
+@click.option("--to", "storage", default="./rnnfarm-data", show_default=True, help="Storage URL (any fsspec URL).")
+@click.option("-s", "--storage-option", multiple=True, metavar="KEY=VALUE", help="An fsspec storage option.")
+@_guarded
+def corpus_build(
+    name: str, options: tuple, normalize: tuple, val: float, test: float, storage: str, storage_option: tuple
+) -> None:
+    """Build corpus NAME into <storage>/corpora/NAME/<fingerprint>/ (skipped when already built)."""
+    from . import spec
+    from .corpus import report
+    from .corpus.build import build
+    from .storage import Store
+
+    corpus_spec = spec.parse(
+        {
+            "name": "corpus-build",
+            "corpus": {
+                "name": name,
+                "options": _assignments(options, "-o"),
+                "normalize": _assignments(normalize, "-n"),
+                "val": val,
+                "test": test,
+            },
+        },
+        "command line",
+    ).corpus
+    built = build(Store.at(storage, _assignments(storage_option, "-s")), corpus_spec)
+    click.echo("\n".join(report.summary(built.folder, built.manifest, built.skipped)))
+
+
+@corpus.command("show")
+@click.argument("url")
+@click.option("-s", "--storage-option", multiple=True, metavar="KEY=VALUE", help="An fsspec storage option.")
+@_guarded
+def corpus_show(url: str, storage_option: tuple) -> None:
+    """Show a built corpus: splits, vocabulary with counts, source checksums, policy, fingerprint."""
+    from .corpus import report
+    from .storage import Store
+
+    click.echo("\n".join(report.show(Store.at(url, _assignments(storage_option, "-s")))))
+
+
 def main() -> None:
     cli()
 

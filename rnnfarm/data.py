@@ -21,17 +21,8 @@ from .vocab import Vocab
 
 
 def load_tokens(folder: Store, manifest: dict[str, Any], split: str, start: int, stop: int, vocab: Vocab) -> np.ndarray:
-    """Token ids of characters ``start..stop`` of a split, reading only the shards that hold them."""
-    pieces, offset = [], 0
-    for shard in manifest["splits"][split]["shards"]:
-        end = offset + shard["chars"]
-        if end > start and offset < stop:
-            text = "".join(shards.read_shard(folder, shard))
-            pieces.append(text[max(start - offset, 0) : stop - offset])
-        offset = end
-        if offset >= stop:
-            break
-    return vocab.encode("".join(pieces))
+    """Token ids of tokens ``start..stop`` of a split, reading only the shards that hold them."""
+    return shards.read_tokens(folder, manifest, split, start, stop, vocab)
 
 
 @dataclass
@@ -101,7 +92,7 @@ class Streams:
 def streams_for(
     folder: Store, manifest: dict[str, Any], split: str, vocab: Vocab, batch: int, seq_len: int, rank: int, world: int
 ) -> Streams:
-    layout = Layout(manifest["splits"][split]["chars"], batch, seq_len, rank, world)
+    layout = Layout(manifest["splits"][split]["tokens"], batch, seq_len, rank, world)
     layout.check(split, "batch_size")
     start, stop = layout.span
     return Streams(load_tokens(folder, manifest, split, start, stop, vocab), layout)

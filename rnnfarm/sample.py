@@ -65,5 +65,7 @@ def sample(
         model, vocab, _ = checkpoint.load_model(folder)
     ids = torch.from_numpy(vocab.encode(prime, strict=True).astype("int64"))
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    decode = vocab.decoder()  # a byte-level model's bytes become characters once a UTF-8 sequence completes
     for token in generate(model, ids, length, temperature=temperature, top_k=top_k, argmax=argmax, generator=gen):
-        yield vocab.symbols[token]
+        if text := decode(token):
+            yield text

@@ -42,7 +42,7 @@ def test_vocabulary_is_exactly_the_65_symbols_of_the_file(shakespeare):
     assert vocab["symbols"] == "".join(sorted(set(text)))
     assert len(vocab["symbols"]) == 65
     assert vocab["counts"]["e"] == text.count("e")
-    assert vocab["replaced_chars"] == 0
+    assert vocab["replaced"] == 0
 
 
 def test_val_is_the_last_tenth_as_nanogpt_splits_it(shakespeare):

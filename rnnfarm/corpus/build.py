@@ -1,21 +1,28 @@
 """Building a corpus: fetch a source, normalize, split, count the vocabulary, shard, write the manifest.
 
 The folder is named by the fingerprint of everything that determines its content (plugin and its
-version, options, source checksum, policy, split fractions), so a build with the same inputs is
-skipped and a different one never overwrites.
+version, options, the source's content identity, policy, split fractions), so a build with the same
+inputs is skipped and a different one never overwrites. The manifest is written last: an interrupted
+build leaves no manifest, so nothing reads its shards.
+
+Builds stream with bounded memory. A multi-document corpus is read once: each document goes to the
+split its id's hash picks. A single stream (``split_by = "position"``) is read twice: once to count
+its characters, once to cut it at the split points. The plugin's reading (decompression, parsing)
+runs in a thread ahead of normalization and writing, so the two overlap.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import queue
+import threading
 import time
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .. import log
 from ..errors import UserError
@@ -23,8 +30,12 @@ from ..spec import CorpusSpec
 from ..storage import Store
 from . import registry, shards
 from .base import Corpus, Document
-from .normalize import choose_vocab, count, normalize
+from .normalize import Normalizer, Policy, Tally, choose_vocab
 from .sources import fetch
+
+SPLITS = ("train", "val", "test")
+PREFETCH = 4  # bundles of documents read ahead of normalization
+BUNDLE = 1 << 20  # bytes of text per bundle
 
 
 @dataclass(frozen=True)
@@ -38,12 +49,14 @@ class Built:
         return self.manifest["fingerprint"]
 
 
-def _options(corpus: Corpus, given: dict[str, Any]):
+def _options(corpus: Corpus, given: dict[str, Any]) -> BaseModel:
     try:
         return corpus.Options.model_validate(given)
     except ValidationError as exc:
+        words = {"missing": "is required", "extra_forbidden": "is not an option of this corpus"}
         problems = "; ".join(
-            f"corpus.options.{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+            f"corpus.options.{'.'.join(map(str, e['loc']))}: "
+            + words.get(e["type"], e["msg"].removeprefix("Value error, "))
             for e in exc.errors()
         )
         raise UserError(problems) from None
@@ -59,18 +72,129 @@ def _split_of(doc_id: str, val: float, test: float) -> str:
     return "test" if h < test else "val" if h < test + val else "train"
 
 
-def _assign(docs: Iterable[Document], corpus: Corpus, val: float, test: float) -> Iterator[tuple[str, Document]]:
-    if corpus.split_by == "document":
-        for doc in docs:
-            yield _split_of(doc.id, val, test), doc
-        return
-    # A single stream: the last fractions, in order train | val | test (nanoGPT's val is the last 10%).
-    text = "".join(d.text for d in docs)
-    n = len(text)
-    cut_val, cut_test = int(n * (1 - val - test)), int(n * (1 - test))
-    for split, (a, b) in {"train": (0, cut_val), "val": (cut_val, cut_test), "test": (cut_test, n)}.items():
-        if b > a:
-            yield split, Document(f"{corpus.name}:{split}", text[a:b])
+def _prefetched(items: Iterable[Document], depth: int = PREFETCH) -> Iterator[Document]:
+    """The items, read by a thread ahead of the consumer (the reading releases the GIL while it
+    decompresses) and handed over in bundles of about ``BUNDLE`` bytes, so that small documents do
+    not cost a thread switch each. Its errors are raised here; it stops when the consumer does."""
+    box: queue.Queue = queue.Queue(maxsize=depth)
+    stop, end = threading.Event(), object()
+
+    def put(bundle) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(bundle, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        bundle, size = [], 0
+        try:
+            for item in items:
+                bundle.append(item)
+                size += len(item.text)
+                if size >= BUNDLE or len(bundle) >= 1024:
+                    if not put(bundle):
+                        return
+                    bundle, size = [], 0
+            put(bundle)
+            put(end)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+
+    reader = threading.Thread(target=read, name="rnnfarm-corpus-reader", daemon=True)
+    reader.start()
+    try:
+        while (bundle := box.get()) is not end:
+            if isinstance(bundle, BaseException):
+                raise bundle
+            yield from bundle
+    finally:
+        stop.set()
+        reader.join(timeout=5)
+
+
+def _normalized(docs: Iterable[Document], normalizer: Normalizer) -> Iterator[tuple[str, str, bool]]:
+    """(document id, normalized text, whether it starts the document) for each non-empty piece."""
+    current: str | None = None
+    started = False
+    for doc in _prefetched(docs):
+        if doc.id != current:
+            if current is not None and (tail := normalizer.finish()):
+                yield current, tail, not started
+            current, started = doc.id, False
+            normalizer.start(doc.id)
+        if text := normalizer.feed(doc.text):
+            yield current, text, not started
+            started = True
+    if current is not None and (tail := normalizer.finish()):
+        yield current, tail, not started
+
+
+class _Build:
+    """One build's writers and counts."""
+
+    def __init__(self, folder: Store, policy: Policy, separator: str) -> None:
+        self.tally = Tally()
+        self.separator = separator
+        self.writers = {s: shards.SplitWriter(folder, s, self.tally, policy.level) for s in SPLITS}
+        self.documents = {s: 0 for s in SPLITS}  # documents with text in each split
+        self.total_documents = 0
+        self.chars = 0
+        self.logger = log.get("rnnfarm.corpus")
+        self._logged = time.perf_counter()
+
+    def write(self, split: str, doc_id: str, text: str, starts_document: bool) -> None:
+        self.documents[split] += starts_document
+        self.writers[split].add(doc_id, text)
+        self.chars += len(text)
+        if time.perf_counter() - self._logged > 10:
+            self._logged = time.perf_counter()
+            self.logger.info("building", chars=self.chars, documents=self.total_documents)
+
+    def abort(self) -> None:
+        for writer in self.writers.values():
+            writer.abort()
+
+
+def _by_document(pieces: Iterable[tuple[str, str, bool]], out: _Build, val: float, test: float) -> None:
+    """One pass: each document goes whole to the split its id's hash picks."""
+    split = "train"
+    for doc_id, text, first in pieces:
+        if first:
+            split = _split_of(doc_id, val, test)
+            out.total_documents += 1
+            if out.documents[split] and out.separator:
+                text = out.separator + text
+        out.write(split, doc_id, text, first)
+
+
+def _by_position(stream, out: _Build, val: float, test: float) -> None:
+    """Two passes over a single stream: count its characters, then cut it (train | val | test)."""
+    total, documents = 0, 0
+    for _, text, first in stream():
+        if first and documents:
+            total += len(out.separator)
+        documents += first
+        total += len(text)
+    cuts = [(int(total * (1 - val - test)), "train"), (int(total * (1 - test)), "val"), (total, "test")]
+    position, started = 0, set()
+    for doc_id, text, first in stream():
+        if first:
+            text = (out.separator if out.total_documents else "") + text
+            out.total_documents += 1
+        while text:
+            end, split = next(((c, s) for c, s in cuts if position < c), (None, None))
+            if end is None:
+                raise UserError(f"the source changed while it was read (more than {total} characters): build again")
+            piece, text = text[: end - position], text[end - position :]
+            out.write(split, doc_id, piece, first or split not in started)
+            started.add(split)
+            position += len(piece)
+            first = False
+    if position != total or out.total_documents != documents:
+        raise UserError(f"the source changed while it was read ({total} characters, then {position}): build again")
 
 
 def build(storage: Store, spec: CorpusSpec) -> Built:
@@ -79,14 +203,17 @@ def build(storage: Store, spec: CorpusSpec) -> Built:
     corpus = registry.get(spec.name)
     options = _options(corpus, spec.options)
     fetched = fetch(corpus.sources(options), corpus.name)
+    policy = spec.normalize
+    separator = corpus.separator if policy.separator is None else policy.separator
+    split_by = corpus.splitting(options, fetched)
     inputs = {
         "format": shards.FORMAT,
         "corpus": corpus.name,
         "version": corpus.version,
         "options": options.model_dump(mode="json"),
         "source_sha256": fetched.sha256,
-        "normalization": spec.normalize.model_dump(mode="json"),
-        "splits": {"by": corpus.split_by, "val": spec.val, "test": spec.test},
+        "normalization": {**policy.model_dump(mode="json"), "separator": separator},
+        "splitting": {"by": split_by, "val": spec.val, "test": spec.test},
     }
     fp = fingerprint(inputs)
     folder = storage / "corpora" / corpus.name / fp
@@ -96,44 +223,72 @@ def build(storage: Store, spec: CorpusSpec) -> Built:
         return Built(folder, manifest, skipped=True)
 
     started = time.perf_counter()
-    counts: Counter = Counter()
-    writers = {split: shards.SplitWriter(folder, split) for split in ("train", "val", "test")}
-    docs = (Document(d.id, normalize(d.text, spec.normalize)) for d in corpus.documents(fetched, options))
-    n_docs = 0
-    for split, doc in _assign(docs, corpus, spec.val, spec.test):
-        count(doc.text, counts)
-        writers[split].add(doc.id, doc.text)
-        n_docs += 1
-    vocab, replaced = choose_vocab(counts, spec.normalize)
-    if not counts:
-        raise UserError(f"corpus {corpus.name!r} produced no text from {fetched.source.url}")
-    splits = {}
-    for split, writer in writers.items():
-        written = writer.close()
-        if written:
-            splits[split] = {
-                "chars": sum(s["chars"] for s in written),
-                "bytes": sum(s["bytes"] for s in written),
-                "shards": written,
+    logger.info("building corpus", corpus=corpus.name, fingerprint=fp, url=folder.url, split_by=split_by)
+    normalizer = Normalizer(policy)
+    out = _Build(folder, policy, separator)
+
+    def stream() -> Iterator[tuple[str, str, bool]]:
+        return _normalized(corpus.documents(fetched, options), normalizer)
+
+    try:
+        if split_by == "document":
+            _by_document(stream(), out, spec.val, spec.test)
+        else:
+            _by_position(stream, out, spec.val, spec.test)
+        written = {split: writer.close() for split, writer in out.writers.items()}
+        counts = out.tally.counts(policy.level)
+        if not counts:
+            raise UserError(f"corpus {corpus.name!r} produced no text from {fetched.source.url}")
+        vocab, replaced = choose_vocab(counts, policy)
+        splits = {
+            split: {
+                "chars": sum(s["chars"] for s in shard_list),
+                "bytes": sum(s["bytes"] for s in shard_list),
+                "tokens": sum(s["tokens"] for s in shard_list),
+                "documents": out.documents[split],
+                "shards": shard_list,
             }
-    if "train" not in splits or "val" not in splits:
-        raise UserError(f"corpus {corpus.name!r} is too small to give both a train and a val split")
+            for split, shard_list in written.items()
+            if shard_list
+        }
+        if "train" not in splits or "val" not in splits:
+            raise UserError(
+                f"corpus {corpus.name!r} is too small to give both a train and a val split "
+                f"(it has: {', '.join(splits) or 'nothing'}); use more text or a larger corpus.val"
+            )
+    except BaseException:
+        out.abort()
+        raise
+    seconds = time.perf_counter() - started
+    text_bytes = sum(s["bytes"] for s in splits.values())
     manifest = {
         **inputs,
         "fingerprint": fp,
         "description": corpus.description,
         "distribution": registry.distribution(corpus),
-        "source": {"url": fetched.source.url, "sha256": fetched.sha256},
-        "documents": n_docs,
+        "source": {
+            "url": fetched.source.url,
+            "sha256": fetched.sha256,
+            "files": len(fetched.files),
+        },
+        "documents": out.total_documents,
+        "invalid_utf8": normalizer.report(),
         "vocab": {
             **vocab.to_json(),
             "counts": {s: counts.get(s, 0) for s in vocab.symbols},
-            "replaced_chars": replaced,
+            "replaced": replaced,
         },
         "splits": splits,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "build_seconds": round(time.perf_counter() - started, 3),
+        "build_seconds": round(seconds, 3),
     }
     (folder / shards.MANIFEST).write_json(manifest)
-    logger.info("corpus built", corpus=corpus.name, fingerprint=fp, url=folder.url, chars=sum(counts.values()))
+    logger.info(
+        "corpus built",
+        corpus=corpus.name,
+        fingerprint=fp,
+        url=folder.url,
+        chars=sum(s["chars"] for s in splits.values()),
+        mb_per_s=round(text_bytes / 1e6 / max(seconds, 1e-9), 1),
+    )
     return Built(folder, manifest, skipped=False)

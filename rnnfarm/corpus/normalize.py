@@ -1,7 +1,14 @@
-"""Normalization every corpus gets: Unicode NFC, newlines to \\n, control characters dropped."""
+"""Normalization every corpus gets, and the vocabulary chosen from what it produced.
+
+Raw text (bytes are decoded as UTF-8 under the policy) becomes training text: newlines to ``\\n``,
+control characters other than tab and newline dropped, Unicode NFC. Documents arrive in pieces and
+are normalized piece by piece: a piece is cut after its last newline and the rest carried over, so
+the result does not depend on where a plugin cut its pieces.
+"""
 
 from __future__ import annotations
 
+import codecs
 import re
 import unicodedata
 from collections import Counter
@@ -10,10 +17,16 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..vocab import Vocab, codepoints
+from ..errors import UserError
+from ..vocab import Vocab
 
-# C0 and C1 controls, DEL; tab and newline are kept.
+# C0 and C1 controls, DEL; tab and newline are kept. As bytes: C0 and DEL are single bytes in UTF-8
+# (never inside a multi-byte sequence); a C1 control is \xc2 followed by \x80..\x9f.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_C0_BYTES = bytes([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F])
+_C1_BYTES = re.compile(b"\xc2[\x80-\x9f]")
+_ESCAPED = re.compile("[\udc80-\udcff]")  # invalid input bytes, as surrogateescape decodes them
+CARRY_MAX = 1 << 20  # a line longer than this is normalized in pieces
 
 
 class Policy(BaseModel):
@@ -21,38 +34,167 @@ class Policy(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    level: Literal["char", "byte"] = "char"
     unicode: Literal["NFC", "none"] = "NFC"
-    max_vocab: Annotated[int, Field(ge=2)] | None = None
+    invalid_utf8: Literal["replace", "drop", "error"] = "replace"
+    max_vocab: Annotated[int, Field(ge=2)] | None = 1024
     min_count: Annotated[int, Field(ge=1)] = 1
     replacement: Annotated[str, Field(min_length=1, max_length=1)] = "\ufffd"
+    separator: str | None = None  # between documents of a split; None: the corpus's own
 
 
-def normalize(text: str, policy: Policy) -> str:
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    if policy.unicode == "NFC":
-        text = unicodedata.normalize("NFC", text)
-    return _CONTROL.sub("", text)
+class Normalizer:
+    """Normalizes documents piece by piece and counts the invalid UTF-8 it met."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.invalid_bytes = 0
+        self.invalid_documents = 0
+        self._doc = ""
+        self._carry = ""
+        self._cr = False
+        self._strict = codecs.getincrementaldecoder("utf-8")()
+        self._lenient = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+        self._doc_invalid = False
+
+    def start(self, doc_id: str) -> None:
+        self._doc, self._carry, self._cr, self._doc_invalid = doc_id, "", False, False
+        self._strict.reset()
+
+    def feed(self, piece: str | bytes) -> str:
+        """Normalized text of the document so far (what can be settled without the next piece)."""
+        text = self._carry + (self._decode(piece) if isinstance(piece, bytes) else self._clean_str(piece))
+        cut = text.rfind("\n") + 1
+        if not cut and len(text) < CARRY_MAX:
+            self._carry = text
+            return ""
+        if not cut:
+            cut = len(text)
+        self._carry = text[cut:]
+        return self._compose(text[:cut])
+
+    def finish(self) -> str:
+        """The rest of the document."""
+        tail = self._decode(b"", final=True) if self._strict.getstate()[0] else ""
+        if self._cr:
+            tail, self._cr = tail + "\n", False
+        text, self._carry = self._carry + tail, ""
+        return self._compose(text)
+
+    def _compose(self, text: str) -> str:
+        if self.policy.unicode == "NFC" and not text.isascii():
+            text = unicodedata.normalize("NFC", text)
+        return text
+
+    def _clean_str(self, text: str) -> str:
+        if self._cr:  # a \r ended the last piece: it pairs with a \n that starts this one
+            text, self._cr = "\r" + text, False
+        if text.endswith("\r"):
+            text, self._cr = text[:-1], True
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        if _CONTROL.search(text):
+            text = _CONTROL.sub("", text)
+        return text
+
+    def _decode(self, raw: bytes, final: bool = False) -> str:
+        if self._cr:
+            raw, self._cr = b"\r" + raw, False
+        if raw.endswith(b"\r"):
+            raw, self._cr = raw[:-1], True
+        if b"\r" in raw:
+            raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        raw = raw.translate(None, _C0_BYTES)
+        if b"\xc2" in raw:
+            raw = _C1_BYTES.sub(b"", raw)
+        state = self._strict.getstate()
+        try:
+            return self._strict.decode(raw, final)
+        except UnicodeDecodeError:
+            self._lenient.setstate(state)
+            text = self._lenient.decode(raw, final)
+            self._strict.setstate(self._lenient.getstate())
+        return self._invalid(text)
+
+    def _invalid(self, text: str) -> str:
+        found = len(_ESCAPED.findall(text))
+        self.invalid_bytes += found
+        if not self._doc_invalid:
+            self._doc_invalid, self.invalid_documents = True, self.invalid_documents + 1
+        if self.policy.invalid_utf8 == "error":
+            raise UserError(
+                f"document {self._doc!r} is not valid UTF-8; set normalize.invalid_utf8 to replace or drop "
+                "to build anyway"
+            )
+        return _ESCAPED.sub("\ufffd" if self.policy.invalid_utf8 == "replace" else "", text)
+
+    def report(self) -> dict:
+        return {
+            "policy": self.policy.invalid_utf8,
+            "bytes": self.invalid_bytes,
+            "documents": self.invalid_documents,
+        }
 
 
-def count(text: str, into: Counter) -> None:
-    """Add a text's character counts to a counter (vectorized: fast on large texts)."""
-    if not text:
-        return
-    points, counts = np.unique(codepoints(text), return_counts=True)
-    for p, c in zip(points.tolist(), counts.tolist(), strict=True):
-        into[chr(p)] += c
+class Tally:
+    """Symbol counts of written text, from its UTF-8 bytes (vectorized: fast on large texts)."""
+
+    def __init__(self) -> None:
+        self.bytes = np.zeros(256, dtype=np.int64)
+        self.non_ascii: Counter = Counter()
+
+    def add(self, utf8: np.ndarray) -> None:
+        """Count the bytes and the characters of valid UTF-8 (a uint8 array)."""
+        if not len(utf8):
+            return
+        # Byte pairs counted as 16-bit values, then folded: half the elements of a plain bincount.
+        even = utf8[: len(utf8) // 2 * 2]
+        pairs = np.bincount(even.view(np.uint16), minlength=1 << 16).reshape(256, 256)
+        self.bytes += pairs.sum(axis=0) + pairs.sum(axis=1)  # rows: the high (second) byte, columns: the low
+        if len(utf8) % 2:
+            self.bytes[utf8[-1]] += 1
+        lead = np.flatnonzero(utf8 >= 0xC0)
+        if not len(lead):
+            return
+        padded = np.concatenate([utf8, np.zeros(3, dtype=np.uint8)])
+        b0, b1, b2, b3 = (padded[lead + i].astype(np.uint32) for i in range(4))
+        b1, b2, b3 = b1 & 0x3F, b2 & 0x3F, b3 & 0x3F
+        points = np.where(
+            b0 < 0xE0,
+            ((b0 & 0x1F) << 6) | b1,
+            np.where(
+                b0 < 0xF0, ((b0 & 0x0F) << 12) | (b1 << 6) | b2, ((b0 & 0x07) << 18) | (b1 << 12) | (b2 << 6) | b3
+            ),
+        )
+        values, counts = np.unique(points, return_counts=True)
+        for p, c in zip(values.tolist(), counts.tolist(), strict=True):
+            self.non_ascii[chr(p)] += c
+
+    def counts(self, level: str) -> Counter:
+        """Counts by symbol: characters, or bytes written as ``chr(byte)``."""
+        if level == "byte":
+            return Counter({chr(b): int(c) for b, c in enumerate(self.bytes.tolist()) if c})
+        found = Counter({chr(b): int(c) for b, c in enumerate(self.bytes[:128].tolist()) if c})
+        found.update(self.non_ascii)
+        return found
 
 
 def choose_vocab(counts: Counter, policy: Policy) -> tuple[Vocab, int]:
-    """The kept symbols (most frequent first under the caps) and how many characters they replace."""
+    """The kept symbols (most frequent first under the caps) and how many tokens they replace."""
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     kept = [s for s, c in ranked if c >= policy.min_count]
     if policy.max_vocab is not None and len(kept) > policy.max_vocab:
         kept = kept[: policy.max_vocab - 1]
-    dropped = sum(c for s, c in counts.items() if s not in set(kept))
+    kept_set = set(kept)
+    dropped = sum(c for s, c in counts.items() if s not in kept_set)
     replacement = None
     if dropped:
         replacement = policy.replacement
-        if replacement not in kept:
+        if policy.level == "byte" and ord(replacement) > 127:
+            raise UserError(
+                f"normalize.replacement {replacement!r} is not one byte: at byte level the vocabulary cap "
+                "needs an ASCII replacement symbol, such as '?'"
+            )
+        if replacement not in kept_set:
             kept.append(replacement)
-    return Vocab(tuple(sorted(kept)), replacement), dropped
+    return Vocab(tuple(sorted(kept)), replacement, policy.level), dropped
