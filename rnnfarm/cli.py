@@ -109,22 +109,49 @@ def samples(run_url: str, trial: str | None, step: int | None, temperature: floa
 
 @cli.command()
 @click.argument("target")
+@click.option("--trial", help="A trial of the run TARGET: sample its best kept checkpoint instead of the run's best.")
 @click.option("--temperature", "-t", type=float, default=1.0, show_default=True)
 @click.option("--prime", "-p", default="\n", help="Text to start from (its characters must be in the vocabulary).")
 @click.option("--length", "-l", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("-n", "count", type=click.IntRange(min=1), default=1, show_default=True, help="How many samples.")
 @click.option("--seed", type=int, default=None, help="Seed for reproducible samples.")
 @click.option("--top-k", type=click.IntRange(min=1), default=None, help="Sample among the k most likely only.")
 @click.option("--argmax", is_flag=True, help="Always take the most likely character.")
+@click.option("--stream", is_flag=True, help="Print each character as it is generated.")
 @_guarded
 def sample(
-    target: str, temperature: float, prime: str, length: int, seed: int | None, top_k: int | None, argmax: bool
+    target: str,
+    trial: str | None,
+    temperature: float,
+    prime: str,
+    length: int,
+    count: int,
+    seed: int | None,
+    top_k: int | None,
+    argmax: bool,
+    stream: bool,
 ) -> None:
-    """Generate text from TARGET: a checkpoint folder or a run (its best checkpoint), local or remote."""
-    from .sample import sample as generate_text
+    """Generate text from TARGET: a checkpoint folder, a run (its best checkpoint) or, with --trial, a run's
+    trial; local or remote."""
+    import torch
 
-    chars = generate_text(target, prime, length, temperature, top_k, argmax, seed)
-    text = "".join(chars)
-    click.echo(prime + text)
+    from .sample import characters, check, load
+
+    check(prime, temperature)
+    model, vocab, _ = load(target, trial=trial)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    for i in range(count):
+        if count > 1:
+            click.echo(("\n" if i else "") + f"--- sample {i + 1} of {count} ---")
+        drawn = characters(model, vocab, prime, length, temperature, top_k, argmax, generator)
+        if stream:
+            click.echo(prime, nl=False)
+            for char in drawn:
+                click.echo(char, nl=False)
+                sys.stdout.flush()
+            click.echo()
+        else:
+            click.echo(prime + "".join(drawn))
 
 
 def _size(n: float) -> str:
