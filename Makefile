@@ -19,6 +19,7 @@ run: setup
 	$(BIN)/rnnfarm run deploy/local.yaml
 
 test: setup
+	for script in tests/setup/*.sh; do sh "$$script" || exit 1; done
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import posixpath
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -152,6 +153,81 @@ def sample(
             click.echo()
         else:
             click.echo(prime + "".join(drawn))
+
+
+@cli.group()
+def viz() -> None:
+    """Look inside a checkpoint: its cells firing on a text, its guesses for each next character."""
+
+
+def _viz_options(fn: Callable) -> Callable:
+    """The options both viz pages take: the text, how much of it, and a trial of a run."""
+    fn = click.option("--trial", help="A trial of the run TARGET: its best kept checkpoint.")(fn)
+    fn = click.option("--max-chars", type=click.IntRange(min=1), default=2000, show_default=True)(fn)
+    return click.option("--text", "text_file", required=True, help="A UTF-8 text file (a path or a storage URL).")(fn)
+
+
+def _viz_title(target: str, trial: str | None, text_file: str) -> str:
+    name = posixpath.basename(target.rstrip("/"))
+    return f"{name}{f' trial {trial}' if trial else ''} on {posixpath.basename(text_file)}"
+
+
+def _write_page(out: str, html: str) -> None:
+    from .storage import Store
+
+    Store.at(out).write_text(html)
+    click.echo(f"wrote {scrub(out)} ({_size(len(html.encode()))}): open it in a browser")
+
+
+@viz.command("neurons")
+@click.argument("target")
+@_viz_options
+@click.option("--layer", type=int, help="Show this layer's --cell (layers count from 0).")
+@click.option("--cell", type=int, help="The cell of --layer to show (cells count from 0).")
+@click.option("--top", type=click.IntRange(min=1), help="Show the N cells that track a text feature best.")
+@click.option("--signal", type=click.Choice(["cell", "output"]), default="cell", show_default=True)
+@click.option("--out", "-o", default="neurons.html", show_default=True, help="The HTML file to write.")
+@_guarded
+def viz_neurons(
+    target: str,
+    text_file: str,
+    max_chars: int,
+    trial: str | None,
+    layer: int | None,
+    cell: int | None,
+    top: int | None,
+    signal: str,
+    out: str,
+) -> None:
+    """An HTML page colouring each character of a text by cell activations of the checkpoint TARGET
+    (a checkpoint folder, a run's best, or --trial), with the cells ranked by the text features they track."""
+    from . import viz as views
+    from .sample import load
+
+    views.check_choice(layer, cell, top)
+    text, total = views.read_text(text_file, max_chars)
+    model, vocab, meta = load(target, trial=trial)
+    trace = views.trace(model, vocab, text)
+    title = _viz_title(target, trial, text_file)
+    _write_page(out, views.neurons_page(trace, meta, title, layer, cell, top, signal, total))
+
+
+@viz.command("predictions")
+@click.argument("target")
+@_viz_options
+@click.option("--out", "-o", default="predictions.html", show_default=True, help="The HTML file to write.")
+@_guarded
+def viz_predictions(target: str, text_file: str, max_chars: int, trial: str | None, out: str) -> None:
+    """An HTML page showing, for each character of a text, the probability the checkpoint TARGET gave it
+    (as its colour) and its top 5 guesses for the next character."""
+    from . import viz as views
+    from .sample import load
+
+    text, total = views.read_text(text_file, max_chars)
+    model, vocab, meta = load(target, trial=trial)
+    trace = views.trace(model, vocab, text)
+    title = _viz_title(target, trial, text_file)
+    _write_page(out, views.predictions_page(trace, vocab, meta, title, total))
 
 
 def _size(n: float) -> str:
