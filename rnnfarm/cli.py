@@ -69,6 +69,8 @@ def print_outcome(outcome) -> None:
     click.echo(f"leaderboard:     {run.store.url}/leaderboard.csv")
     click.echo(f"samples:         {run.trial(best['trial']).url}/samples.txt")
     click.echo(f"sample with:     rnnfarm sample {run.store.url} --temperature 0.8 --prime 'ROMEO:'")
+    if (run.store / "report.html").exists():
+        click.echo(f"report:          {run.store.url}/report.html")
     shown = run.best / "samples.json"
     if shown.exists():
         drawn = shown.read_json()["samples"]
@@ -228,6 +230,24 @@ def viz_predictions(target: str, text_file: str, max_chars: int, trial: str | No
     trace = views.trace(model, vocab, text)
     title = _viz_title(target, trial, text_file)
     _write_page(out, views.predictions_page(trace, vocab, meta, title, total))
+
+
+@cli.command()
+@click.argument("run_url")
+@click.option("--out", type=click.Path(file_okay=False), help="Write the pages into this local folder instead.")
+@click.option("--text", "text_file", help="Text for the neuron and prediction pages (default: the corpus's val split).")
+@_guarded
+def report(run_url: str, out: str | None, text_file: str | None) -> None:
+    """Write a run's HTML report (leaderboard, loss curves, samples, neuron and prediction pages) into the run
+    folder at RUN_URL, or into --out."""
+    from . import report as reports
+    from . import viz as views
+    from .runs import Run
+    from .storage import Store
+
+    text = views.read_text(text_file, reports.TEXT_CHARS)[0] if text_file else None
+    written = reports.write(Run(Store.at(run_url)), Store.at(out) if out else None, text)
+    click.echo(f"report: {scrub(written.url)}")
 
 
 def _size(n: float) -> str:

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import archive, leaderboard, log
+from . import archive, leaderboard, log, report
 from .corpus.build import build
 from .errors import UserError
 from .leaderboard import TrialEnd
@@ -159,6 +159,7 @@ def finish(the_run: Run, ends: list[TrialEnd]) -> Outcome:
     best = the_run.promote(trial, name)
     best["val_bpc"] = best["val_loss"] / math.log(2)
     record = the_run.end("completed", best, trials={s: sum(e.status == s for e in ends) for s in leaderboard.STATUSES})
+    report.publish(the_run)
     log.get("rnnfarm.run").info(
         "run completed", run=the_run.name, val_loss=round(best["val_loss"], 4), best=best["url"]
     )
