@@ -43,11 +43,15 @@ def cli() -> None:
 @_guarded
 def run(spec_file: str, name: str | None) -> None:
     """Build the corpus, train, and keep the best checkpoint and samples, as SPEC_FILE describes."""
-    from . import jobs, spec
+    from . import jobs, progress, spec
+    from .runs import Run
+    from .storage import Store
 
     job_spec = spec.load(spec_file)
+    the_run = Run(Store.at(job_spec.storage, job_spec.storage_options) / "runs" / (name or job_spec.name))
     try:
-        outcome = jobs.run(job_spec, name)
+        with progress.follow(the_run, job_spec):
+            outcome = jobs.run(job_spec, name)
     except jobs.TrainingFailed as exc:
         click.echo(f"error: {scrub(str(exc))}", err=True)
         sys.exit(1)

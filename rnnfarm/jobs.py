@@ -151,9 +151,13 @@ def finish(the_run: Run, ends: list[TrialEnd]) -> Outcome:
     rows = leaderboard.ranked([leaderboard.row(the_run.trial(end.trial), end, kept[end.trial]) for end in ends])
     leaderboard.write(the_run.store, rows)
     candidates = [(meta["val_loss"], trial, name) for trial, k in kept.items() if k for name, meta in [k]]
+    for r in rows:
+        fields = {k: r[k] for k in ("trial", "status", "steps", "best_val_loss", "error")}
+        log.get("rnnfarm.run").info("trial ended", run=the_run.name, **fields)
     if not candidates:
         errors = "; ".join(f"{end.trial}: {end.error}" for end in ends if end.error) or "no checkpoint was kept"
         the_run.end("failed", error=errors)
+        log.get("rnnfarm.run").error("run failed", run=the_run.name, error=errors)
         raise TrainingFailed(f"training failed: {errors}")
     _, trial, name = min(candidates)
     best = the_run.promote(trial, name)

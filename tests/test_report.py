@@ -47,6 +47,13 @@ def links(dom) -> list[str]:
 def test_a_run_ends_with_its_report_leaderboard_loss_curves_speed_and_samples(small_run):
     run, output = small_run
     assert f"report:          {run / 'report.html'}" in output
+    events = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    ends = [(e["event"], e.get("trial"), e.get("status")) for e in events if e["event"] != "training"]
+    assert ends[-3:] == [
+        ("trial ended", "main", "completed"),
+        ("report written", None, None),
+        ("run completed", None, None),
+    ]
     dom = render(run / "report.html", "report", height=2000)
 
     (row,) = dom.find_all("table", "leaderboard")[0].find_all("tbody")[0].find_all("tr")
