@@ -98,7 +98,28 @@ def characters(
     check(prime, temperature)
     ids = torch.from_numpy(vocab.encode(prime, strict=True).astype("int64"))
     tokens = generate(model, ids, length, temperature=temperature, top_k=top_k, argmax=argmax, generator=generator)
-    return (vocab.symbols[token] for token in tokens)
+
+    def drawn() -> Iterator[str]:
+        while True:
+            with native_rnn_kernels():  # only while a step runs: the caller's code between steps is left alone
+                token = next(tokens, None)
+            if token is None:
+                return
+            yield vocab.symbols[token]
+
+    return drawn()
+
+
+@contextlib.contextmanager
+def native_rnn_kernels() -> Iterator[None]:
+    """PyTorch's own RNN kernels instead of oneDNN's: for one character at a time (batch 1, sequence 1) on a CPU,
+    oneDNN's cost about 10x more per step (bench/sampling.py)."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
 
 
 def sample(
