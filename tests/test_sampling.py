@@ -8,9 +8,11 @@ import subprocess
 import sys
 import time
 
+import torch
 from click.testing import CliRunner
 
 from rnnfarm.cli import cli
+from rnnfarm.sample import characters, load
 
 
 def sample(checkpoint, *args: str):
@@ -67,3 +69,10 @@ def test_bad_sampling_options_are_one_line_errors(trained_checkpoint):
         result = CliRunner().invoke(cli, ["sample", str(trained_checkpoint), *args])
         assert result.exit_code == 2 and message in result.output, (args, result.output)
         assert "Traceback" not in result.output
+
+
+def test_sampling_leaves_torch_settings_as_they_were_between_and_after_steps(trained_checkpoint):
+    model, vocab, _ = load(str(trained_checkpoint))
+    drawn = characters(model, vocab, "ROMEO:", 5, generator=torch.Generator().manual_seed(1))
+    seen = [torch.backends.mkldnn.enabled for _ in drawn]
+    assert seen == [True] * 5 and torch.backends.mkldnn.enabled
