@@ -19,9 +19,9 @@ run: setup
 	$(BIN)/rnnfarm run deploy/local.yaml
 
 test: setup
+	for script in tests/setup/*.sh; do "$$script" || exit 1; done
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	tests/setup-debian.sh
 	$(BIN)/python -m pytest
 
 s3-server: setup

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import posixpath
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -42,11 +43,15 @@ def cli() -> None:
 @_guarded
 def run(spec_file: str, name: str | None) -> None:
     """Build the corpus, train, and keep the best checkpoint and samples, as SPEC_FILE describes."""
-    from . import jobs, spec
+    from . import jobs, progress, spec
+    from .runs import Run
+    from .storage import Store
 
     job_spec = spec.load(spec_file)
+    the_run = Run(Store.at(job_spec.storage, job_spec.storage_options) / "runs" / (name or job_spec.name))
     try:
-        outcome = jobs.run(job_spec, name)
+        with progress.follow(the_run, job_spec):
+            outcome = jobs.run(job_spec, name)
     except jobs.TrainingFailed as exc:
         click.echo(f"error: {scrub(str(exc))}", err=True)
         sys.exit(1)
@@ -68,6 +73,8 @@ def print_outcome(outcome) -> None:
     click.echo(f"leaderboard:     {run.store.url}/leaderboard.csv")
     click.echo(f"samples:         {run.trial(best['trial']).url}/samples.txt")
     click.echo(f"sample with:     rnnfarm sample {run.store.url} --temperature 0.8 --prime 'ROMEO:'")
+    if (run.store / "report.html").exists():
+        click.echo(f"report:          {run.store.url}/report.html")
     shown = run.best / "samples.json"
     if shown.exists():
         drawn = shown.read_json()["samples"]
@@ -109,22 +116,142 @@ def samples(run_url: str, trial: str | None, step: int | None, temperature: floa
 
 @cli.command()
 @click.argument("target")
+@click.option("--trial", help="A trial of the run TARGET: sample its best kept checkpoint instead of the run's best.")
 @click.option("--temperature", "-t", type=float, default=1.0, show_default=True)
 @click.option("--prime", "-p", default="\n", help="Text to start from (its characters must be in the vocabulary).")
 @click.option("--length", "-l", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("-n", "count", type=click.IntRange(min=1), default=1, show_default=True, help="How many samples.")
 @click.option("--seed", type=int, default=None, help="Seed for reproducible samples.")
 @click.option("--top-k", type=click.IntRange(min=1), default=None, help="Sample among the k most likely only.")
 @click.option("--argmax", is_flag=True, help="Always take the most likely character.")
+@click.option("--stream", is_flag=True, help="Print each character as it is generated.")
 @_guarded
 def sample(
-    target: str, temperature: float, prime: str, length: int, seed: int | None, top_k: int | None, argmax: bool
+    target: str,
+    trial: str | None,
+    temperature: float,
+    prime: str,
+    length: int,
+    count: int,
+    seed: int | None,
+    top_k: int | None,
+    argmax: bool,
+    stream: bool,
 ) -> None:
-    """Generate text from TARGET: a checkpoint folder or a run (its best checkpoint), local or remote."""
-    from .sample import sample as generate_text
+    """Generate text from TARGET: a checkpoint folder, a run (its best checkpoint) or, with --trial, a run's
+    trial; local or remote."""
+    import torch
 
-    chars = generate_text(target, prime, length, temperature, top_k, argmax, seed)
-    text = "".join(chars)
-    click.echo(prime + text)
+    from .sample import characters, check, load
+
+    check(prime, temperature)
+    model, vocab, _ = load(target, trial=trial)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    for i in range(count):
+        if count > 1:
+            click.echo(("\n" if i else "") + f"--- sample {i + 1} of {count} ---")
+        drawn = characters(model, vocab, prime, length, temperature, top_k, argmax, generator)
+        if stream:
+            click.echo(prime, nl=False)
+            for char in drawn:
+                click.echo(char, nl=False)
+                sys.stdout.flush()
+            click.echo()
+        else:
+            click.echo(prime + "".join(drawn))
+
+
+@cli.group()
+def viz() -> None:
+    """Look inside a checkpoint: its cells firing on a text, its guesses for each next character."""
+
+
+def _viz_options(fn: Callable) -> Callable:
+    """The options both viz pages take: the text, how much of it, and a trial of a run."""
+    fn = click.option("--trial", help="A trial of the run TARGET: its best kept checkpoint.")(fn)
+    fn = click.option("--max-chars", type=click.IntRange(min=1), default=2000, show_default=True)(fn)
+    return click.option("--text", "text_file", required=True, help="A UTF-8 text file (a path or a storage URL).")(fn)
+
+
+def _viz_title(target: str, trial: str | None, text_file: str) -> str:
+    name = posixpath.basename(target.rstrip("/"))
+    return f"{name}{f' trial {trial}' if trial else ''} on {posixpath.basename(text_file)}"
+
+
+def _write_page(out: str, html: str) -> None:
+    from .storage import Store
+
+    Store.at(out).write_text(html)
+    click.echo(f"wrote {scrub(out)} ({_size(len(html.encode()))}): open it in a browser")
+
+
+@viz.command("neurons")
+@click.argument("target")
+@_viz_options
+@click.option("--layer", type=int, help="Show this layer's --cell (layers count from 0).")
+@click.option("--cell", type=int, help="The cell of --layer to show (cells count from 0).")
+@click.option("--top", type=click.IntRange(min=1), help="Show the N cells that track a text feature best.")
+@click.option("--signal", type=click.Choice(["cell", "output"]), default="cell", show_default=True)
+@click.option("--out", "-o", default="neurons.html", show_default=True, help="The HTML file to write.")
+@_guarded
+def viz_neurons(
+    target: str,
+    text_file: str,
+    max_chars: int,
+    trial: str | None,
+    layer: int | None,
+    cell: int | None,
+    top: int | None,
+    signal: str,
+    out: str,
+) -> None:
+    """An HTML page colouring each character of a text by cell activations of the checkpoint TARGET
+    (a checkpoint folder, a run's best, or --trial), with the cells ranked by the text features they track."""
+    from . import viz as views
+    from .sample import load
+
+    views.check_choice(layer, cell, top)
+    text, total = views.read_text(text_file, max_chars)
+    model, vocab, meta = load(target, trial=trial)
+    trace = views.trace(model, vocab, text)
+    title = _viz_title(target, trial, text_file)
+    _write_page(out, views.neurons_page(trace, meta, title, layer, cell, top, signal, total))
+
+
+@viz.command("predictions")
+@click.argument("target")
+@_viz_options
+@click.option("--out", "-o", default="predictions.html", show_default=True, help="The HTML file to write.")
+@_guarded
+def viz_predictions(target: str, text_file: str, max_chars: int, trial: str | None, out: str) -> None:
+    """An HTML page showing, for each character of a text, the probability the checkpoint TARGET gave it
+    (as its colour) and its top 5 guesses for the next character."""
+    from . import viz as views
+    from .sample import load
+
+    text, total = views.read_text(text_file, max_chars)
+    model, vocab, meta = load(target, trial=trial)
+    trace = views.trace(model, vocab, text)
+    title = _viz_title(target, trial, text_file)
+    _write_page(out, views.predictions_page(trace, vocab, meta, title, total))
+
+
+@cli.command()
+@click.argument("run_url")
+@click.option("--out", type=click.Path(file_okay=False), help="Write the pages into this local folder instead.")
+@click.option("--text", "text_file", help="Text for the neuron and prediction pages (default: the corpus's val split).")
+@_guarded
+def report(run_url: str, out: str | None, text_file: str | None) -> None:
+    """Write a run's HTML report (leaderboard, loss curves, samples, neuron and prediction pages) into the run
+    folder at RUN_URL, or into --out."""
+    from . import report as reports
+    from . import viz as views
+    from .runs import Run
+    from .storage import Store
+
+    text = views.read_text(text_file, reports.TEXT_CHARS)[0] if text_file else None
+    written = reports.write(Run(Store.at(run_url)), Store.at(out) if out else None, text)
+    click.echo(f"report: {scrub(written.url)}")
 
 
 def _size(n: float) -> str:

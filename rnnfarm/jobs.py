@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import archive, leaderboard, log
+from . import archive, leaderboard, log, report
 from .corpus.build import build
 from .errors import UserError
 from .leaderboard import TrialEnd
@@ -151,14 +151,19 @@ def finish(the_run: Run, ends: list[TrialEnd]) -> Outcome:
     rows = leaderboard.ranked([leaderboard.row(the_run.trial(end.trial), end, kept[end.trial]) for end in ends])
     leaderboard.write(the_run.store, rows)
     candidates = [(meta["val_loss"], trial, name) for trial, k in kept.items() if k for name, meta in [k]]
+    for r in rows:
+        fields = {k: r[k] for k in ("trial", "status", "steps", "best_val_loss", "error")}
+        log.get("rnnfarm.run").info("trial ended", run=the_run.name, **fields)
     if not candidates:
         errors = "; ".join(f"{end.trial}: {end.error}" for end in ends if end.error) or "no checkpoint was kept"
         the_run.end("failed", error=errors)
+        log.get("rnnfarm.run").error("run failed", run=the_run.name, error=errors)
         raise TrainingFailed(f"training failed: {errors}")
     _, trial, name = min(candidates)
     best = the_run.promote(trial, name)
     best["val_bpc"] = best["val_loss"] / math.log(2)
     record = the_run.end("completed", best, trials={s: sum(e.status == s for e in ends) for s in leaderboard.STATUSES})
+    report.publish(the_run)
     log.get("rnnfarm.run").info(
         "run completed", run=the_run.name, val_loss=round(best["val_loss"], 4), best=best["url"]
     )

@@ -1,4 +1,4 @@
-"""Sampling text from a stored checkpoint: a checkpoint folder, or a run (its best checkpoint)."""
+"""Sampling text from a stored checkpoint: a checkpoint folder, a run (its best checkpoint), or a run's trial."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ import torch
 
 from . import checkpoint, redact
 from .errors import UserError
-from .model import generate
+from .leaderboard import best_checkpoint
+from .model import CharRNN, generate
+from .runs import Run
 from .storage import Store, is_local, verify_sha256
+from .vocab import Vocab
 
 
 def verified(folder: Path) -> Path:
@@ -23,15 +26,34 @@ def verified(folder: Path) -> Path:
     return folder
 
 
+def trial_checkpoint(target: str, trial: str, options: dict | None = None) -> Store:
+    """The best kept checkpoint of one trial of the run at ``target``."""
+    run = Run(Store.at(target, options))
+    run.require()
+    kept = best_checkpoint(run.trial(trial))
+    if kept is None:
+        known = ", ".join(run.trials()) or "none"
+        raise UserError(
+            f"trial {trial!r} of run {run.name} has no kept checkpoint (trials: {known}); "
+            "a pulled run holds only best/: sample the run on its storage, or drop --trial"
+        )
+    return run.trial(trial) / kept[0]
+
+
 @contextlib.contextmanager
-def local_checkpoint(target: str, options: dict | None = None) -> Iterator[Path]:
+def local_checkpoint(target: str, options: dict | None = None, trial: str | None = None) -> Iterator[Path]:
     """A local folder holding the checkpoint that ``target`` names, verified (downloaded when remote).
 
-    ``target`` is a checkpoint folder, or a run or a pulled run (its ``best/``), at any storage URL.
+    ``target`` is a checkpoint folder, or a run or a pulled run (its ``best/``), at any storage URL;
+    with ``trial``, the run's trial of that id (its best kept checkpoint).
     """
-    store = Store.at(target, options)
-    store.check()
-    for candidate in (store, store / "best"):
+    if trial is not None:
+        candidates = [trial_checkpoint(target, trial, options)]
+    else:
+        store = Store.at(target, options)
+        store.check()
+        candidates = [store, store / "best"]
+    for candidate in candidates:
         if (candidate / checkpoint.META).exists():
             if is_local(candidate.url):
                 yield verified(Path(candidate.url))
@@ -46,6 +68,63 @@ def local_checkpoint(target: str, options: dict | None = None) -> Iterator[Path]
     )
 
 
+def load(target: str, options: dict | None = None, trial: str | None = None) -> tuple[CharRNN, Vocab, dict]:
+    """The model, vocabulary and metadata of the checkpoint ``target`` names (see ``local_checkpoint``)."""
+    with local_checkpoint(target, options, trial) as folder:
+        return checkpoint.load_model(folder)
+
+
+def check(prime: str, temperature: float) -> None:
+    if not prime:
+        raise UserError("--prime must not be empty: the model needs at least one character to start from")
+    if temperature <= 0:
+        raise UserError("--temperature must be > 0 (use --argmax for the most likely character)")
+
+
+def characters(
+    model: CharRNN,
+    vocab: Vocab,
+    prime: str = "\n",
+    length: int = 500,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    argmax: bool = False,
+    generator: torch.Generator | None = None,
+) -> Iterator[str]:
+    """The generated characters, one by one as the model produces them (the prime is not repeated).
+
+    The prime and temperature are checked at once, before the first character is asked for.
+    """
+    check(prime, temperature)
+    ids = torch.from_numpy(vocab.encode(prime, strict=True).astype("int64"))
+    tokens = generate(model, ids, length, temperature=temperature, top_k=top_k, argmax=argmax, generator=generator)
+
+    decode = vocab.decoder()  # a byte-level model's bytes become characters once a UTF-8 sequence completes
+
+    def drawn() -> Iterator[str]:
+        while True:
+            with native_rnn_kernels():  # only while a step runs: the caller's code between steps is left alone
+                token = next(tokens, None)
+            if token is None:
+                return
+            if text := decode(token):
+                yield text
+
+    return drawn()
+
+
+@contextlib.contextmanager
+def native_rnn_kernels() -> Iterator[None]:
+    """PyTorch's own RNN kernels instead of oneDNN's: for one character at a time (batch 1, sequence 1) on a CPU,
+    oneDNN's cost about 10x more per step (bench/sampling.py)."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
+
+
 def sample(
     target: str,
     prime: str = "\n",
@@ -55,17 +134,10 @@ def sample(
     argmax: bool = False,
     seed: int | None = None,
     options: dict | None = None,
+    trial: str | None = None,
 ) -> Iterator[str]:
     """Yield generated characters one by one (the prime itself is not repeated)."""
-    if not prime:
-        raise UserError("--prime must not be empty: the model needs at least one character to start from")
-    if temperature <= 0:
-        raise UserError("--temperature must be > 0 (use --argmax for the most likely character)")
-    with local_checkpoint(target, options) as folder:
-        model, vocab, _ = checkpoint.load_model(folder)
-    ids = torch.from_numpy(vocab.encode(prime, strict=True).astype("int64"))
+    check(prime, temperature)
+    model, vocab, _ = load(target, options, trial)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    decode = vocab.decoder()  # a byte-level model's bytes become characters once a UTF-8 sequence completes
-    for token in generate(model, ids, length, temperature=temperature, top_k=top_k, argmax=argmax, generator=gen):
-        if text := decode(token):
-            yield text
+    yield from characters(model, vocab, prime, length, temperature, top_k, argmax, gen)

@@ -232,4 +232,6 @@ def train(job: Job, session: Session) -> dict[str, Any]:
                 logger.info("eval", **{k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
             checkpoint.save_worker(folder, rank, {"rng": torch.get_rng_state(), **state_tensors(state)})
             session.report(metrics, folder, f"checkpoint-{step:06d}")
+            if rank == 0:
+                logger.info("checkpoint", step=step, name=f"checkpoint-{step:06d}", val_loss=round(val_loss, 4))
     return metrics

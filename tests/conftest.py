@@ -55,3 +55,15 @@ def s3(tmp_path_factory):
     server.create_bucket("rnnfarm-test")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(shakespeare, tmp_path_factory):
+    """A 2x32 LSTM trained in-process for 40 steps on tiny Shakespeare: its last checkpoint folder."""
+    from rnnfarm.runs import Run
+    from rnnfarm.train import Job, LocalSession, train
+
+    root = tmp_path_factory.mktemp("trained")
+    job = make_spec(str(root / "storage"), model={"layers": 2}, train={"steps": 40, "eval_every": 20})
+    train(Job(job, shakespeare.folder, Run(Store.at(job.storage) / "runs" / "t").trial()), LocalSession(root / "ckpt"))
+    return root / "ckpt" / "checkpoint-000040"

@@ -14,7 +14,7 @@ done
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if ! command -v apt-get >/dev/null; then
-  echo "tests/setup-debian.sh: needs apt-get to install ${missing[*]} (a Debian or Ubuntu machine)" >&2
+  echo "tests/setup/debian.sh: needs apt-get to install ${missing[*]} (a Debian or Ubuntu machine)" >&2
   exit 1
 fi
 as_root=()

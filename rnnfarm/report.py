@@ -1,0 +1,222 @@
+"""A run's report: one static HTML page (leaderboard, loss and speed plots, the best trial's samples across
+steps) and, beside it, the neuron and prediction pages of the best checkpoint. Every page is one file with
+inline CSS and SVG: it opens from a local folder or a pulled run, with no server and no network.
+
+    <run>/report.html, <run>/report/neurons.html, <run>/report/predictions.html
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from html import escape
+from typing import Any
+
+from . import archive, leaderboard, log, pages, viz
+from .corpus import shards
+from .errors import UserError
+from .runs import Run
+from .sample import load
+from .storage import Store
+
+REPORT, FOLDER = "report.html", "report"
+NEURONS, PREDICTIONS = f"{FOLDER}/neurons.html", f"{FOLDER}/predictions.html"
+TEXT_CHARS = 1200  # how much text the neuron and prediction pages show
+TOP_CELLS = 8
+
+
+def val_excerpt(run: Run, record: dict[str, Any], chars: int) -> str | None:
+    """The start of the run's corpus's val split, from the first line start; None when it cannot be read."""
+    url = (record.get("corpus") or {}).get("url")
+    if not url:
+        return None
+    folder = Store.at(url, run.store.options)
+    try:
+        manifest = shards.load_manifest(folder)
+        if "val" not in manifest["splits"]:
+            return None
+        text = ""
+        for shard in manifest["splits"]["val"]["shards"]:
+            for piece in shards.read_shard(folder, shard):
+                text += piece
+                if len(text) > 2 * chars:
+                    break
+            if len(text) > 2 * chars:
+                break
+    except (UserError, OSError):
+        return None
+    start = text.find("\n") + 1  # the split may begin mid-line
+    return text[start : start + chars] or None
+
+
+def samples_excerpt(rows: list[dict[str, Any]], chars: int) -> str | None:
+    """The best trial's last samples, when the corpus itself is out of reach."""
+    text = "\n".join(r["prime"] + r["text"] for r in reversed(rows))
+    return text[:chars] or None
+
+
+def trial_rows(run: Run, metrics: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The leaderboard when the run wrote one; while it runs, one row per trial from what it has stored."""
+    if (run.store / "leaderboard.parquet").exists():
+        return leaderboard.read(run.store)
+    rows = []
+    for trial, evals in metrics.items():
+        config = run.trial(trial) / "config.json"
+        settings = config.read_json().get("settings", {}) if config.exists() else {}
+        best = min(evals, key=lambda m: m["val_loss"]) if evals else None
+        rows.append(
+            {
+                "trial": trial,
+                "status": "running",
+                **dict(sorted(settings.items())),
+                "best_val_loss": best["val_loss"] if best else None,
+                "best_val_bpc": best["val_bpc"] if best else None,
+                "best_step": best["step"] if best else None,
+                "steps": evals[-1]["step"] if evals else 0,
+                "wall_s": None,
+            }
+        )
+    return leaderboard.ranked(rows)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:,.0f}"
+    return str(value)
+
+
+def leaderboard_table(rows: list[dict[str, Any]], metrics: dict[str, list[dict[str, Any]]]) -> str:
+    settings = sorted({k for r in rows for k in r if "." in k})
+    header = ["#", "trial", "status", *settings, "best val loss", "best val bpc", "best step", "steps", "chars/s"]
+    header.append("wall s")
+    body = []
+    for i, r in enumerate(rows):
+        speeds = [m["chars_per_s"] for m in metrics.get(r["trial"], []) if m.get("chars_per_s")]
+        speed = f"{statistics.median(speeds):,.0f}" if speeds else "-"
+        cells = [i + 1, r["trial"], r.get("status") or "-", *(_cell(r.get(k)) for k in settings)]
+        cells += [_cell(r.get("best_val_loss")), _cell(r.get("best_val_bpc")), _cell(r.get("best_step"))]
+        cells += [_cell(r.get("steps")), speed, _cell(r.get("wall_s"))]
+        body.append(cells)
+    numeric = {0, *range(3 + len(settings), len(header))}
+    return pages.table(header, body, numeric, "leaderboard")
+
+
+def plots(order: list[str], metrics: dict[str, list[dict[str, Any]]]) -> str:
+    def series(key: str) -> list[tuple[str, list[float], list[float]]]:
+        return [(t, [m["step"] for m in metrics[t]], [m.get(key) for m in metrics[t]]) for t in order if metrics[t]]
+
+    overview = []
+    if len(order) > 1:
+        overview.append(pages.line_plot(series("val_loss"), "val loss, every trial", "step", "nats/char"))
+    overview.append(pages.line_plot(series("chars_per_s"), "training speed", "step", "chars/s"))
+    per_trial = []
+    for t in order:
+        steps = [m["step"] for m in metrics[t]]
+        lines = [
+            ("train loss", steps, [m.get("train_loss") for m in metrics[t]]),
+            ("val loss", steps, [m.get("val_loss") for m in metrics[t]]),
+        ]
+        per_trial.append(pages.line_plot(lines, f"trial {t}", "step", "nats/char", width=380, height=230))
+    return (
+        f"<div class=plots>{''.join(overview)}</div>"
+        f"<h2>Train and val loss of each trial</h2><div class=plots>{''.join(per_trial)}</div>"
+    )
+
+
+def samples_section(rows: list[dict[str, Any]]) -> str:
+    """The samples as a table: a row per evaluation step, a column per temperature."""
+    if not rows:
+        return "<p>No samples stored yet.</p>"
+    temperatures = sorted({r["temperature"] for r in rows})
+    head = "".join(f"<th>temperature {t:g}</th>" for t in temperatures)
+    lines = []  # HTML drops a newline just after <pre>: each sample gets one, so its own first newline shows
+    for step in sorted({r["step"] for r in rows}):
+        drawn = {r["temperature"]: r for r in rows if r["step"] == step}
+        loss = next(iter(drawn.values()))["val_loss"]
+        cells = "".join(
+            f"<td><pre class=sample>\n{escape(drawn[t]['prime'] + drawn[t]['text']) if t in drawn else ''}</pre></td>"
+            for t in temperatures
+        )
+        lines.append(f"<tr><td class=step>{step}<br><span class=meta>val {loss:.3f}</span></td>{cells}</tr>")
+    return f"<table class=samples><thead><tr><th>step</th>{head}</tr></thead><tbody>{''.join(lines)}</tbody></table>"
+
+
+def checkpoint_pages(
+    run: Run, record: dict[str, Any], best_samples: list[dict[str, Any]], text: str | None
+) -> dict[str, str]:
+    """The neuron and prediction pages of the run's best checkpoint, by name; empty without one."""
+    if not (run.best / "meta.json").exists():
+        return {}
+    model, vocab, meta = load(run.store.url, run.store.options)
+    text = text or val_excerpt(run, record, TEXT_CHARS) or samples_excerpt(best_samples, TEXT_CHARS)
+    if not text:
+        return {}
+    trace = viz.trace(model, vocab, text)
+    title = f"best checkpoint of {run.name} (trial {meta.get('trial')}, step {meta.get('step')})"
+    return {
+        NEURONS: viz.neurons_page(trace, meta, title, top=TOP_CELLS),
+        PREDICTIONS: viz.predictions_page(trace, vocab, meta, title),
+    }
+
+
+def render(run: Run, text: str | None = None) -> dict[str, str]:
+    """Every page of the run's report, by its name relative to the run folder (the report itself last)."""
+    record = run.require()
+    metrics = {t: leaderboard.evaluations(run.trial(t)) for t in run.trials()}
+    rows = trial_rows(run, metrics)
+    order = [r["trial"] for r in rows if r["trial"] in metrics]
+    best = record.get("best") or {}
+    best_trial = best.get("trial") or (order[0] if order else None)
+    best_samples = archive.read(run.trial(best_trial)) if best_trial else []
+    extra = checkpoint_pages(run, record, best_samples, text)
+
+    corpus = record.get("corpus") or {}
+    facts = [
+        f"status <b>{escape(str(record.get('status')))}</b>",
+        f"started {escape(str(record.get('started') or '-'))}",
+        f"ended {escape(str(record.get('ended') or '-'))}",
+        f"corpus {escape(str(corpus.get('name', '-')))} {escape(str(corpus.get('fingerprint', ''))[:12])}",
+    ]
+    if best:
+        facts.append(
+            f"best val loss <b>{best['val_loss']:.4f}</b> nats/char ({best['val_loss'] / math.log(2):.4f} "
+            f"bits/char) at step {best['step']} of trial {escape(best['trial'])}"
+        )
+    links = " · ".join(
+        f'<a href="{name}">{label}</a>'
+        for name, label in ((NEURONS, "neurons"), (PREDICTIONS, "predictions"))
+        if name in extra
+    )
+    body = [
+        f"<h1>Run {escape(run.name)}</h1>",
+        f"<p class=meta>{' · '.join(facts)}</p>",
+        f"<p>Best checkpoint, seen from inside: {links}</p>" if links else "",
+        f"<h2>Leaderboard ({len(rows)} trial{'s' if len(rows) != 1 else ''})</h2>",
+        leaderboard_table(rows, metrics),
+        "<h2>Loss and speed</h2>",
+        plots(order, metrics),
+        f"<h2>Samples of trial {escape(str(best_trial))} as it trained</h2>",
+        samples_section(best_samples),
+    ]
+    return {**extra, REPORT: pages.page(f"rnnfarm run {run.name}", "\n".join(body))}
+
+
+def write(run: Run, dest: Store | None = None, text: str | None = None) -> Store:
+    """Write the report's pages (each a whole object) into ``dest`` (the run folder by default), report last."""
+    dest = dest or run.store
+    for name, html in render(run, text).items():
+        (dest / name).write_text(html)
+    return dest / REPORT
+
+
+def publish(run: Run) -> None:
+    """Write the report at the end of a run; a failure is logged, and leaves the finished run as it is."""
+    logger = log.get("rnnfarm.report")
+    try:
+        where = write(run)
+    except Exception as exc:  # the run's results stand without their report; `rnnfarm report` retries
+        logger.warning("report not written", run=run.name, error=str(exc), retry=f"rnnfarm report {run.store.url}")
+        return
+    logger.info("report written", run=run.name, url=where.url)

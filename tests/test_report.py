@@ -1,0 +1,163 @@
+"""The run report: written by `rnnfarm run` at the end, or by `rnnfarm report` for any run on any storage;
+rendered in headless Chromium. Also sampling a run's trial."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import s3fs
+import yaml
+from click.testing import CliRunner
+
+from rnnfarm import archive, leaderboard, report
+from rnnfarm.cli import cli
+from rnnfarm.corpus import shards
+from rnnfarm.storage import Store
+
+from .browser import render
+from .conftest import make_spec
+
+TEMPERATURES = [0.5, 1.0]
+
+
+@pytest.fixture(scope="module")
+def small_run(ray_local, tmp_path_factory):
+    """`rnnfarm run` of a 2x32 LSTM for 40 steps, evaluated at steps 20 and 40: its run folder and CLI output."""
+    root = tmp_path_factory.mktemp("report")
+    job = make_spec(
+        str(root / "storage"),
+        name="reported",
+        model={"layers": 2},
+        train={"steps": 40, "eval_every": 20},
+        samples={"temperatures": TEMPERATURES, "length": 60},
+    )
+    spec_file = root / "job.yaml"
+    spec_file.write_text(yaml.safe_dump(job.model_dump(mode="json")))
+    result = CliRunner().invoke(cli, ["run", str(spec_file)])
+    assert result.exit_code == 0, result.output
+    return root / "storage" / "runs" / "reported", result.output
+
+
+def links(dom) -> list[str]:
+    return [a.attrs["href"] for a in dom.find_all("a")]
+
+
+def test_a_run_ends_with_its_report_leaderboard_loss_curves_speed_and_samples(small_run):
+    run, output = small_run
+    assert f"report:          {run / 'report.html'}" in output
+    events = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    ends = [(e["event"], e.get("trial"), e.get("status")) for e in events if e["event"] != "training"]
+    assert ends[-3:] == [
+        ("trial ended", "main", "completed"),
+        ("report written", None, None),
+        ("run completed", None, None),
+    ]
+    dom = render(run / "report.html", "report", height=2000)
+
+    (row,) = dom.find_all("table", "leaderboard")[0].find_all("tbody")[0].find_all("tr")
+    cells = [td.all_text for td in row.find_all("td")]
+    assert cells[1:3] == ["main", "completed"] and float(cells[3]) < 4.17 and cells[6] == "40"
+    assert float(cells[7].replace(",", "")) > 0  # chars/s
+
+    plots = dom.find_all("svg", "plot")
+    assert [p.attrs["aria-label"] for p in plots] == ["training speed", "trial main"]
+    trial_lines = plots[1].find_all("polyline", "series")
+    assert [line.all_text for line in trial_lines] == ["train loss", "val loss"]
+    assert all(len(line.attrs["points"].split()) == 2 for line in trial_lines)  # two evaluations each
+
+    drawn = archive.read(Store.at(str(run / "trials" / "main")))
+    rows = dom.find_all("table", "samples")[0].find_all("tbody")[0].find_all("tr")
+    assert len(rows) == 2 and len(drawn) == 4
+    shown = [pre.all_text for r in rows for pre in r.find_all("pre")]
+    assert shown == [s["prime"] + s["text"] for s in drawn]
+
+    assert links(dom) == [report.NEURONS, report.PREDICTIONS]
+    assert all("://" not in h for h in links(dom)) and not dom.find_all("script") and not dom.find_all("img")
+
+
+def test_the_report_links_neuron_and_prediction_pages_of_the_best_checkpoint_on_val_text(small_run, shakespeare):
+    run, _ = small_run
+    val = shards.read_split(shakespeare.folder, shakespeare.manifest, "val")
+    excerpt = val[val.index("\n") + 1 :][: report.TEXT_CHARS]
+
+    neurons = render(run / report.NEURONS, "report-neurons")
+    sections = neurons.find_all("section", "cell")
+    assert len(sections) == report.TOP_CELLS
+    assert "".join(s.all_text for s in sections[0].find_all("span", "a")).replace("↵", "\n") == excerpt
+    assert "best checkpoint of reported (trial main, step 40)" in neurons.find_all("h1")[0].all_text
+
+    predictions = render(run / report.PREDICTIONS, "report-predictions")
+    assert len(predictions.find_all("span", "p")) == len(excerpt)
+
+
+def test_sampling_a_trial_draws_from_its_best_kept_checkpoint(small_run):
+    run, _ = small_run
+    kept, _ = leaderboard.best_checkpoint(Store.at(str(run / "trials" / "main")))
+    args = ["--seed", "1", "--length", "80", "--prime", "ROMEO:"]
+    by_trial = CliRunner().invoke(cli, ["sample", str(run), "--trial", "main", *args])
+    by_folder = CliRunner().invoke(cli, ["sample", str(run / "trials" / "main" / kept), *args])
+    assert by_trial.exit_code == 0 and by_trial.output == by_folder.output and by_trial.output.startswith("ROMEO:")
+
+    missing = CliRunner().invoke(cli, ["sample", str(run), "--trial", "t9"])
+    assert missing.exit_code == 2
+    assert "trial 't9' of run reported has no kept checkpoint (trials: main)" in missing.output
+
+
+def test_a_sweep_in_progress_gets_a_report_from_what_its_trials_stored(small_run, tmp_path):
+    run, _ = small_run
+    copy = tmp_path / "runs" / "reported"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("leaderboard.*", "best", "report*", "SHA256SUMS"))
+    record = json.loads((copy / "run.json").read_text())
+    (copy / "run.json").write_text(json.dumps({**record, "status": "running", "ended": None, "best": None}))
+    # A second trial that has evaluated once so far, with a worse val loss.
+    second = copy / "trials" / "b0001"
+    (second / "metrics").mkdir(parents=True)
+    first_eval = json.loads((copy / "trials" / "main" / "metrics" / "step-000020.json").read_text())
+    worse = {**first_eval, "val_loss": first_eval["val_loss"] + 0.5}
+    (second / "metrics" / "step-000020.json").write_text(json.dumps(worse))
+    (second / "config.json").write_text(json.dumps({"trial": "b0001", "settings": {"model.hidden": 8}}))
+
+    result = CliRunner().invoke(cli, ["report", str(copy)])
+    assert result.exit_code == 0, result.output
+    dom = render(copy / "report.html", "report-in-progress")
+    rows = dom.find_all("table", "leaderboard")[0].find_all("tbody")[0].find_all("tr")
+    assert [[td.all_text for td in row.find_all("td")][1:4] for row in rows] == [
+        ["main", "running", "-"],
+        ["b0001", "running", "8"],
+    ]
+    plots = dom.find_all("svg", "plot")
+    assert [p.attrs["aria-label"] for p in plots] == [
+        "val loss, every trial",
+        "training speed",
+        "trial main",
+        "trial b0001",
+    ]
+    assert [line.all_text for line in plots[0].find_all("polyline", "series")] == ["main", "b0001"]
+    assert links(dom) == []  # no best checkpoint yet
+
+
+def test_rnnfarm_report_writes_whole_objects_to_a_run_on_s3(small_run, s3, monkeypatch, tmp_path):
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    run, _ = small_run
+    url = "s3://rnnfarm-test/reports/runs/reported"
+    Store.at(url).upload(run)
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **s3.options())
+    for name in (report.REPORT, report.NEURONS, report.PREDICTIONS):
+        fs.rm_file(f"{url}/{name}")
+
+    result = CliRunner().invoke(cli, ["report", url])
+    assert result.exit_code == 0, result.output
+    assert f"report: {url}/{report.REPORT}" in result.output
+    for name in (report.REPORT, report.NEURONS, report.PREDICTIONS):
+        assert fs.cat_file(f"{url}/{name}") == (run / name).read_bytes(), name
+
+    local = CliRunner().invoke(cli, ["report", url, "--out", str(tmp_path / "here")])
+    assert local.exit_code == 0, local.output
+    assert (tmp_path / "here" / report.REPORT).read_bytes() == (run / report.REPORT).read_bytes()
+
+    nothing = CliRunner().invoke(cli, ["report", "s3://rnnfarm-test/reports/runs/none"])
+    assert nothing.exit_code == 2 and "no run at s3://rnnfarm-test/reports/runs/none" in nothing.output

@@ -1,0 +1,78 @@
+"""`rnnfarm sample`: streamed output, several samples, and reproducible draws, from a real checkpoint."""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+
+import torch
+from click.testing import CliRunner
+
+from rnnfarm.cli import cli
+from rnnfarm.sample import characters, load
+
+
+def sample(checkpoint, *args: str):
+    result = CliRunner().invoke(cli, ["sample", str(checkpoint), "--prime", "ROMEO:", *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_streamed_output_is_the_text_drawn_without_streaming(trained_checkpoint):
+    whole = sample(trained_checkpoint, "--length", "120", "--seed", "7", "-t", "0.8")
+    streamed = sample(trained_checkpoint, "--length", "120", "--seed", "7", "-t", "0.8", "--stream")
+    assert streamed == whole and whole.startswith("ROMEO:") and len(whole) == len("ROMEO:") + 120 + 1
+
+
+def test_stream_prints_characters_before_the_sample_is_finished(trained_checkpoint):
+    # A sample far longer than the wait: its first characters must arrive while it is still being drawn.
+    args = [sys.executable, "-m", "rnnfarm", "sample", str(trained_checkpoint), "--stream", "--length", "10000000"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ})
+    try:
+        first, deadline = b"", time.monotonic() + 120
+        while len(first) < 40 and time.monotonic() < deadline:
+            if select.select([proc.stdout], [], [], 1)[0]:
+                first += os.read(proc.stdout.fileno(), 40)
+        assert len(first) >= 40 and first.startswith(b"\n") and proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_n_samples_are_drawn_in_turn_and_reproduced_by_the_seed(trained_checkpoint):
+    three = sample(trained_checkpoint, "-n", "3", "--length", "80", "--seed", "3")
+    assert three == sample(trained_checkpoint, "-n", "3", "--length", "80", "--seed", "3")
+    blocks = three.split("--- sample ")[1:]
+    assert [b.split(" ---")[0] for b in blocks] == ["1 of 3", "2 of 3", "3 of 3"]
+    texts = [b.split("---\n", 1)[1].strip("\n") for b in blocks]
+    assert len(set(texts)) == 3 and all(t.startswith("ROMEO:") for t in texts)
+    assert texts[0] == sample(trained_checkpoint, "--length", "80", "--seed", "3").strip("\n")
+
+
+def test_argmax_and_top_k_one_draw_the_same_likeliest_text(trained_checkpoint):
+    argmax = sample(trained_checkpoint, "--argmax", "--length", "60", "-n", "2")
+    top1 = sample(trained_checkpoint, "--top-k", "1", "--length", "60", "--seed", "5")
+    one, two = (b.split("---\n", 1)[1].strip("\n") for b in argmax.split("--- sample ")[1:])
+    assert one == two == top1.strip("\n")
+
+
+def test_bad_sampling_options_are_one_line_errors(trained_checkpoint):
+    for args, message in [
+        (["--prime", ""], "--prime must not be empty"),
+        (["-t", "0"], "--temperature must be > 0"),
+        (["--prime", "ROMEO€"], "outside the model's vocabulary"),
+        (["-n", "0"], "Invalid value for '-n'"),
+    ]:
+        result = CliRunner().invoke(cli, ["sample", str(trained_checkpoint), *args])
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+
+
+def test_sampling_leaves_torch_settings_as_they_were_between_and_after_steps(trained_checkpoint):
+    model, vocab, _ = load(str(trained_checkpoint))
+    drawn = characters(model, vocab, "ROMEO:", 5, generator=torch.Generator().manual_seed(1))
+    seen = [torch.backends.mkldnn.enabled for _ in drawn]
+    assert seen == [True] * 5 and torch.backends.mkldnn.enabled
