@@ -18,6 +18,7 @@ from .errors import UserError
 from .runs import Run
 from .sample import load
 from .storage import Store
+from .vocab import Vocab
 
 REPORT, FOLDER = "report.html", "report"
 NEURONS, PREDICTIONS = f"{FOLDER}/neurons.html", f"{FOLDER}/predictions.html"
@@ -35,14 +36,9 @@ def val_excerpt(run: Run, record: dict[str, Any], chars: int) -> str | None:
         manifest = shards.load_manifest(folder)
         if "val" not in manifest["splits"]:
             return None
-        text = ""
-        for shard in manifest["splits"]["val"]["shards"]:
-            for piece in shards.read_shard(folder, shard):
-                text += piece
-                if len(text) > 2 * chars:
-                    break
-            if len(text) > 2 * chars:
-                break
+        vocab = Vocab.from_json(manifest["vocab"])
+        stop = min(2 * chars, manifest["splits"]["val"]["tokens"])
+        text = vocab.decode(shards.read_tokens(folder, manifest, "val", 0, stop, vocab))
     except (UserError, OSError):
         return None
     start = text.find("\n") + 1  # the split may begin mid-line
