@@ -5,11 +5,12 @@ with the jobs server (ray[default]). Ray rewrites a node address of 127.0.0.1 to
 address, so the nodes take 127.0.0.2 and 127.0.0.3: loopback still, and two distinct node addresses.
 The dashboard listens on 127.0.0.1. ``stop`` ends exactly the processes the two ``ray start`` commands
 started, found through /proc (never ``ray stop``, which ends every Ray on the machine): SIGTERM to each,
-SIGKILL to any left after 10 s, then it checks that none is left.
+SIGKILL to any left after 10 s; then it checks that none is left, nor any process naming their temp dirs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import secrets
@@ -65,6 +66,19 @@ def descendants(pid: int) -> set[tuple[int, str]]:
 def alive(processes: set[tuple[int, str]]) -> set[tuple[int, str]]:
     table = _processes()
     return {(pid, started) for pid, started in processes if table.get(pid, (None, None))[1] == started}
+
+
+def mentioning(text: str) -> set[tuple[int, str]]:
+    """Live processes whose command line holds ``text`` (a node's temp dir: its Ray processes name it)."""
+    table = _processes()
+    found = set()
+    for pid, (_, started) in table.items():
+        try:
+            if text in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
+                found.add((pid, started))
+        except OSError:
+            continue
+    return found
 
 
 @dataclass
@@ -186,15 +200,20 @@ def stop(cluster: LocalCluster) -> None:
             time.sleep(0.25)
         return not alive(started)
 
-    for pid, _ in alive(started):  # a graceful end first: SIGTERM to each process, all at once
-        os.kill(pid, signal.SIGTERM)
-    if not ended_within(10):
+    def send(signum: int) -> None:
         for pid, _ in alive(started):
-            os.kill(pid, signal.SIGKILL)
+            started.update(descendants(pid))  # what they started since
+        for pid, _ in alive(started):
+            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                os.kill(pid, signum)
+
+    send(signal.SIGTERM)  # a graceful end first, to every process at once
+    if not ended_within(10):
+        send(signal.SIGKILL)
         ended_within(5)
     for node in cluster.nodes:
         node.wait(10)
-    left = alive(started)
+    left = alive(started) | mentioning(str(cluster.folder))
     shutil.rmtree(cluster.folder, ignore_errors=True)
     if left:
         raise RuntimeError(f"processes of the test Ray cluster outlived it: {sorted(pid for pid, _ in left)}")

@@ -171,9 +171,12 @@ def test_ctrl_c_detaches_and_jobs_stop_ends_the_job_and_gives_its_cpus_back(logg
     assert job in CliRunner().invoke(cli, ["jobs", "list", *where]).output
     assert '"event": "eval"' in CliRunner().invoke(cli, ["jobs", "logs", job, *where]).output
 
+    job_hex = Cluster.at(cluster.dashboard).info(job).job_id
+    training = cluster.state("actors", ("class_name", "=", "RayTrainWorker"), ("job_id", "=", job_hex))
+    assert {w["node_id"] for w in training if w["state"] == "ALIVE"} == {n["node_id"] for n in cluster.alive_nodes()}
+
     stopped = CliRunner().invoke(cli, ["jobs", "stop", job, *where])
     assert stopped.exit_code == 0 and f"job {job}: STOPPED" in stopped.output, stopped.output
-    job_hex = Cluster.at(cluster.dashboard).info(job).job_id
 
     def released() -> bool:
         groups = cluster.state("placement_groups", ("creator_job_id", "=", job_hex))
@@ -205,7 +208,7 @@ def test_a_job_that_fails_on_the_cluster_exits_with_its_drivers_code_and_message
     assert said in followed.output
 
 
-def test_a_cluster_with_token_auth_refuses_a_missing_or_wrong_token_in_one_line(logged_in, tmp_path, monkeypatch):
+def test_a_missing_or_wrong_token_and_an_unknown_job_are_one_line_errors(logged_in, tmp_path, monkeypatch):
     cluster = logged_in
     path = spec_file(tmp_path, name="x", storage="s3://rnnfarm-test/x", cluster={"address": cluster.dashboard})
     monkeypatch.delenv("RAY_AUTH_TOKEN")
@@ -215,6 +218,9 @@ def test_a_cluster_with_token_auth_refuses_a_missing_or_wrong_token_in_one_line(
         "set RAY_AUTH_TOKEN to it (or RAY_AUTH_TOKEN_PATH to a file holding it); "
         "`ray get-auth-token` prints it where it is set up\n"
     )
+    monkeypatch.setenv("RAY_AUTH_TOKEN", cluster.token)
+    unknown = CliRunner().invoke(cli, ["jobs", "status", "rnnfarm-x-00000000", "--address", cluster.dashboard])
+    assert unknown.exit_code == 2 and unknown.output.startswith("error: no job rnnfarm-x-00000000 on the Ray cluster")
     monkeypatch.setenv("RAY_AUTH_TOKEN", "not-the-token-0123456789")
     wrong = CliRunner().invoke(cli, ["jobs", "list", "--address", cluster.dashboard])
     assert wrong.exit_code == 2 and "refused the token in RAY_AUTH_TOKEN" in wrong.output
