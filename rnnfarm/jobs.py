@@ -58,6 +58,7 @@ def start_local_ray(num_cpus: int | None = None) -> None:
     dashboard_port = free_port()
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
     ray.init(
+        address="local",  # a Ray of its own, even where `ray start` left a cluster running on this machine
         num_cpus=num_cpus,
         include_dashboard=True,  # the state API behind it lets Ray Train clean up after trials
         dashboard_host="127.0.0.1",
