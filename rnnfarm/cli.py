@@ -40,14 +40,31 @@ def cli() -> None:
 @cli.command()
 @click.argument("spec_file", type=click.Path(dir_okay=False))
 @click.option("--name", help="Run name (default: the spec's name). The same name continues that run.")
+@click.option(
+    "--address",
+    help="local, auto, or a Ray dashboard URL (http://HEAD:8265) to submit to; overrides RAY_ADDRESS and the spec.",
+)
+@click.option("--no-wait", is_flag=True, help="On a cluster: submit, print the job id, and return at once.")
+@click.option("--env-file", hidden=True, type=click.Path(dir_okay=False, exists=True))  # a submitted job's variables
 @_guarded
-def run(spec_file: str, name: str | None) -> None:
-    """Build the corpus, train, and keep the best checkpoint and samples, as SPEC_FILE describes."""
-    from . import jobs, progress, spec
+def run(spec_file: str, name: str | None, address: str | None, no_wait: bool, env_file: str | None) -> None:
+    """Build the corpus, train, and keep the best checkpoint and samples, as SPEC_FILE describes.
+
+    With a cluster address the job is submitted to that Ray cluster and its logs follow here; Ctrl-C
+    detaches (the job goes on), and the exit code is the job's: 0 when it succeeded.
+    """
+    from . import jobs, progress, spec, submit
     from .runs import Run
     from .storage import Store
 
+    if env_file:
+        submit.load_env_file(env_file)
     job_spec = spec.load(spec_file)
+    job_spec = submit.with_address(job_spec, submit.resolve_address(job_spec.cluster.address, address))
+    if submit.is_remote(job_spec.cluster.address):
+        sys.exit(submit_and_follow(job_spec, name, no_wait))
+    if no_wait:
+        raise UserError("--no-wait applies to a job submitted to a cluster: give a cluster address (--address)")
     the_run = Run(Store.at(job_spec.storage, job_spec.storage_options) / "runs" / (name or job_spec.name))
     try:
         with progress.follow(the_run, job_spec):
@@ -56,6 +73,42 @@ def run(spec_file: str, name: str | None) -> None:
         click.echo(f"error: {scrub(str(exc))}", err=True)
         sys.exit(1)
     print_outcome(outcome)
+
+
+def submit_and_follow(job_spec, name: str | None, no_wait: bool) -> int:
+    """Submit; then follow the job's logs to its end, or return at once. The exit code follows the job."""
+    from . import submit
+
+    submitted = submit.submit(job_spec, name)
+    job, address = submitted.job_id, submitted.cluster.address
+    click.echo(f"submitted job {job} to {address}")
+    later = f"--address {address}"
+    if no_wait:
+        click.echo(f"follow it: rnnfarm jobs logs {job} --follow {later}")
+        click.echo(f"stop it:   rnnfarm jobs stop {job} {later}")
+        return 0
+    try:
+        info = submitted.cluster.follow(job, lambda chunk: click.echo(chunk, nl=False))
+    except KeyboardInterrupt:
+        click.echo(f"\ndetached: job {job} goes on. Follow it again: rnnfarm jobs logs {job} --follow {later}")
+        click.echo(f"stop it: rnnfarm jobs stop {job} {later}")
+        return 130
+    return report_end(info, submitted.run_url)
+
+
+def report_end(info, run_url: str | None = None) -> int:
+    """One line on how a job ended (and where its results are); returns the exit code it calls for."""
+    from . import submit
+
+    code, job = submit.exit_code(info), info.submission_id
+    if code == 0:
+        click.echo(f"job {job} succeeded")
+        if run_url:
+            click.echo(f"results: {run_url}\npull them: rnnfarm pull {run_url}")
+        return 0
+    message = submit.summary(info)["message"] or ""
+    click.echo(f"error: job {job} {str(info.status).lower()}: {message}", err=True)
+    return code
 
 
 def print_outcome(outcome) -> None:
@@ -435,6 +488,103 @@ def corpus_show(url: str, storage_option: tuple) -> None:
     from .storage import Store
 
     click.echo("\n".join(report.show(Store.at(url, _assignments(storage_option, "-s")))))
+
+
+@cli.group()
+def jobs() -> None:
+    """Jobs submitted to a Ray cluster: list, status, logs, stop.
+
+    The cluster is --address, else RAY_ADDRESS, else the cluster.address of the spec given with --spec.
+    """
+
+
+def _cluster(address: str | None, spec_file: str | None):
+    from . import spec, submit
+
+    job_spec = spec.load(spec_file) if spec_file else None
+    chosen = submit.resolve_address(job_spec.cluster.address if job_spec else "local", address)
+    if not submit.is_remote(chosen):
+        raise UserError("no cluster to ask: pass --address http://HEAD:8265, set RAY_ADDRESS, or --spec a cluster job")
+    return submit.Cluster.at(chosen, job_spec.cluster.token_env if job_spec else "RAY_AUTH_TOKEN")
+
+
+def _cluster_options(fn: Callable) -> Callable:
+    fn = click.option("--spec", "spec_file", type=click.Path(dir_okay=False), help="A spec naming the cluster.")(fn)
+    return click.option("--address", help="The cluster's dashboard URL (http://HEAD:8265).")(fn)
+
+
+@jobs.command("list")
+@_cluster_options
+@_guarded
+def jobs_list(address: str | None, spec_file: str | None) -> None:
+    """rnnfarm's jobs on the cluster: id, status, run, start."""
+    from . import submit
+
+    found = [submit.summary(info) for info in _cluster(address, spec_file).jobs()]
+    if not found:
+        click.echo("no rnnfarm jobs on this cluster")
+        return
+    click.echo(f"{'JOB':<44} {'STATUS':<10} {'RUN':<24} {'STARTED':<20}")
+    for j in found:
+        click.echo(f"{j['job']:<44} {j['status']:<10} {j['run'] or '-':<24} {j['started'] or '-':<20}")
+
+
+@jobs.command("status")
+@click.argument("job_id")
+@_cluster_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of text.")
+@_guarded
+def jobs_status(job_id: str, address: str | None, spec_file: str | None, as_json: bool) -> None:
+    """The status of job JOB_ID: running, succeeded, failed or stopped, and why."""
+    import json
+
+    from . import submit
+
+    shown = submit.summary(_cluster(address, spec_file).info(job_id))
+    if as_json:
+        click.echo(json.dumps(shown, indent=2))
+        return
+    click.echo(f"job {shown['job']}: {shown['status']}")
+    for key in ("message", "run", "storage", "started", "ended", "driver_exit_code", "entrypoint"):
+        if shown[key] is not None:
+            click.echo(f"  {key + ':':<18}{shown[key]}")
+
+
+@jobs.command("logs")
+@click.argument("job_id")
+@_cluster_options
+@click.option("--follow", "-f", is_flag=True, help="Keep streaming until the job ends; exit with its exit code.")
+@_guarded
+def jobs_logs(job_id: str, address: str | None, spec_file: str | None, follow: bool) -> None:
+    """The logs of job JOB_ID (its driver's output, with its Ray workers' lines)."""
+    cluster = _cluster(address, spec_file)
+    if not follow:
+        click.echo(cluster.logs(job_id), nl=False)
+        return
+    try:
+        info = cluster.follow(job_id, lambda chunk: click.echo(chunk, nl=False))
+    except KeyboardInterrupt:
+        click.echo(f"\ndetached: job {job_id} goes on", err=True)
+        sys.exit(130)
+    sys.exit(report_end(info))
+
+
+@jobs.command("stop")
+@click.argument("job_id")
+@_cluster_options
+@click.option("--no-wait", is_flag=True, help="Return once the stop is asked for, not once the job has ended.")
+@_guarded
+def jobs_stop(job_id: str, address: str | None, spec_file: str | None, no_wait: bool) -> None:
+    """Stop job JOB_ID: its driver and its trials end, and their resources return to the cluster."""
+    cluster = _cluster(address, spec_file)
+    if not cluster.stop(job_id):
+        click.echo(f"job {job_id} had already ended: {cluster.info(job_id).status}")
+        return
+    if no_wait:
+        click.echo(f"stop asked for job {job_id}")
+        return
+    info = cluster.wait(job_id, timeout=120)
+    click.echo(f"job {job_id}: {info.status}")
 
 
 def main() -> None:

@@ -58,6 +58,7 @@ def start_local_ray(num_cpus: int | None = None) -> None:
     dashboard_port = free_port()
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
     ray.init(
+        address="local",  # a Ray of its own, even where `ray start` left a cluster running on this machine
         num_cpus=num_cpus,
         include_dashboard=True,  # the state API behind it lets Ray Train clean up after trials
         dashboard_host="127.0.0.1",
@@ -81,20 +82,61 @@ def trial_cpus(spec: JobSpec) -> float:
     return r.workers * r.cpus_per_worker + r.driver_cpus
 
 
+def join_cluster(spec: JobSpec) -> None:
+    """Join the running Ray cluster this machine belongs to (``cluster.address: auto``: a submitted job's driver).
+
+    The job's workers get the variables ``cluster.forward_env`` names, and the dashboard's address: Ray
+    Train's clean-up actors find the state API through it (without it they search the machine, and give
+    up where several Ray instances run, leaking the resources of stopped trials).
+    """
+    import ray
+    from ray.dashboard.utils import ray_address_to_api_server_url
+
+    if ray.is_initialized():
+        return
+    env_vars = {name: os.environ[name] for name in spec.cluster.forward_env if os.environ.get(name)}
+    if not os.environ.get("RAY_API_SERVER_ADDRESS"):
+        env_vars["RAY_API_SERVER_ADDRESS"] = ray_address_to_api_server_url("auto")
+    ray.init(
+        address="auto",
+        runtime_env={"env_vars": env_vars},
+        logging_level="WARNING",
+        logging_config=ray.LoggingConfig(log_level="WARNING"),
+    )
+    resources = ray.cluster_resources()
+    log.get("rnnfarm.run").info(
+        "joined the Ray cluster",
+        nodes=len([n for n in ray.nodes() if n["Alive"]]),
+        cpus=resources.get("CPU", 0),
+        gpus=resources.get("GPU", 0),
+        code=os.path.dirname(os.path.abspath(__file__)),  # where this rnnfarm's code comes from
+    )
+
+
 def ensure_ray(spec: JobSpec) -> float:
-    """Start an embedded Ray for ``cluster.address: local``; returns its CPUs after checking one trial fits."""
+    """Start an embedded Ray (``local``) or join this machine's cluster (``auto``); returns its CPUs.
+
+    One trial must fit an embedded Ray; a cluster may grow (an autoscaler adds nodes as trials wait),
+    so there a trial larger than the cluster is only a warning.
+    """
     import ray
 
-    if spec.cluster.address != "local":
+    address = spec.cluster.address
+    if address == "local":
+        start_local_ray()
+    elif address == "auto":
+        join_cluster(spec)
+    else:
         raise UserError(
-            f"cluster.address {spec.cluster.address!r}: submitting to a cluster is not supported yet; "
-            "use `address: local`"
+            f"cluster.address {address!r} is a cluster to submit to: `rnnfarm run` or rnnfarm.submit does it"
         )
-    start_local_ray()
     have = ray.cluster_resources().get("CPU", 0)
     need = trial_cpus(spec)
     if need > have:
         where = "tune.resources" if spec.tune else "cluster"
+        if address == "auto":
+            log.get("rnnfarm.run").warning("one trial needs more CPUs than the cluster has now", need=need, have=have)
+            return have
         raise UserError(
             f"{where}: one trial needs {need:g} CPUs (workers x cpus_per_worker), this Ray has {have:g}: "
             f"lower {where}.workers or {where}.cpus_per_worker"

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .corpus.normalize import Policy
 from .errors import UserError
+from .redact import is_secret_key
 
 Positive = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -75,14 +77,72 @@ class SampleSpec(Section):
     prime: str = "\n"
 
 
+ADDRESS = re.compile(r"^(local|auto|https?://[^\s/?#]+/?)$")
+VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ADDRESS_HELP = "local, auto, or the URL of a Ray cluster's dashboard (http://HEAD:8265)"
+
+
+def looks_secret(name: str) -> bool:
+    """Whether a variable's name says it holds a credential (``AWS_SECRET_ACCESS_KEY``, ``HF_TOKEN``...)."""
+    lowered = name.lower()
+    return is_secret_key(lowered) or any(part in lowered for part in ("secret", "token", "password", "key"))
+
+
 class ClusterSpec(Section):
-    """Where the job runs: ``local`` starts an embedded Ray; a Ray address submits to a cluster."""
+    """Where the job runs: ``local`` starts an embedded Ray, ``auto`` joins the Ray cluster this machine is part
+    of, and a dashboard URL submits the job to that cluster through the Ray Jobs API.
+
+    The fields after ``threads_per_worker`` shape a submitted job: what code it runs (``installed``: the
+    cluster's image has rnnfarm; ``source``: this checkout's packages travel with the job), Ray runtime-env
+    additions (pip packages, variables that are no secret), the names of variables whose values travel
+    from here to every Ray worker of the job, the driver's own resources, the variable holding the cluster's
+    auth token, and whether a storage folder is one every node mounts at the same path.
+    """
 
     address: str = "local"
     workers: Positive = 2
     use_gpu: bool = False
     cpus_per_worker: PositiveFloat = 1.0
     threads_per_worker: Positive | None = None
+    code: Literal["installed", "source"] = "installed"
+    runtime_env: dict[str, Any] = Field(default_factory=dict)
+    forward_env: list[str] = Field(default_factory=list)
+    entrypoint_cpus: Annotated[float, Field(ge=0)] = 0.0
+    entrypoint_resources: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+    token_env: str = "RAY_AUTH_TOKEN"
+    storage_shared: bool = False
+
+    @field_validator("address")
+    @classmethod
+    def _known_address(cls, value: str) -> str:
+        if not ADDRESS.match(value):
+            raise ValueError(f"must be {ADDRESS_HELP}")
+        return value
+
+    @field_validator("forward_env", "token_env")
+    @classmethod
+    def _variable_names(cls, value: str | list[str]) -> str | list[str]:
+        for name in [value] if isinstance(value, str) else value:
+            if not VARIABLE.match(name):
+                raise ValueError(f"{name!r} is not an environment variable's name")
+        return value
+
+    @model_validator(mode="after")
+    def _runtime_env_holds_no_secret(self) -> ClusterSpec:
+        if "working_dir" in self.runtime_env:
+            raise ValueError("runtime_env.working_dir: the job's working_dir carries its spec; ship code as py_modules")
+        env_vars = self.runtime_env.get("env_vars", {})
+        if not isinstance(env_vars, dict) or not all(isinstance(v, str) for v in env_vars.values()):
+            raise ValueError("runtime_env.env_vars: must map names to string values")
+        for name in env_vars:
+            if looks_secret(name):
+                raise ValueError(
+                    f"runtime_env.env_vars.{name}: a credential written in the spec is stored with the run; "
+                    f"list {name} in cluster.forward_env and set it in the environment instead"
+                )
+            if name in self.forward_env:
+                raise ValueError(f"runtime_env.env_vars.{name}: also in forward_env; give it in one place")
+        return self
 
 
 class Distribution(Section):
