@@ -55,6 +55,8 @@ def run(spec_file: str, name: str | None) -> None:
         f"best val loss {best['val_loss']:.4f} nats/char ({best['val_bpc']:.4f} bits/char) "
         f"at step {best['step']} of trial {best['trial']}"
     )
+    if "test_loss" in best:
+        click.echo(f"test loss {best['test_loss']:.4f} nats/char ({best['test_bpc']:.4f} bits/char) at that checkpoint")
     click.echo(f"best checkpoint: {best['url']}")
     click.echo(f"samples:         {outcome.run.trial(best['trial']).url}/samples/")
     click.echo(f"sample with:     rnnfarm sample {run_url} --temperature 0.8 --prime 'ROMEO:'")

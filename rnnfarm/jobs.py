@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from . import log
@@ -13,7 +14,7 @@ from .errors import UserError
 from .runs import SINGLE_TRIAL, Run
 from .spec import JobSpec
 from .storage import Store
-from .train import Job
+from .train import Job, evaluate_split
 from .vocab import Vocab
 
 # Defaults for an embedded Ray (the environment overrides each).
@@ -103,6 +104,10 @@ def run(spec: JobSpec, name: str | None = None) -> Outcome:
         raise TrainingFailed("training reported no checkpoint")
     best = the_run.promote(SINGLE_TRIAL, best_ckpt.path.rstrip("/").rsplit("/", 1)[-1])
     best["val_bpc"] = best["val_loss"] / math.log(2)
+    if "test" in built.manifest["splits"]:  # the corpus has a test split (`corpus.test` > 0)
+        with best_ckpt.as_directory() as folder:
+            best["test_loss"] = evaluate_split(job, Path(folder), "test")
+        best["test_bpc"] = best["test_loss"] / math.log(2)
     record = the_run.end("completed", best)
     logger.info("run completed", run=the_run.name, val_loss=round(best["val_loss"], 4), best=best["url"])
     return Outcome(the_run, record)
