@@ -91,13 +91,11 @@ def run(spec: JobSpec, name: str | None = None) -> Outcome:
 
     logger.info("training", run=the_run.name, workers=spec.cluster.workers, steps=spec.train.steps)
     job = Job(spec=spec, corpus=built.folder, trial=the_run.trial(SINGLE_TRIAL))
-    result = fit(job, log.log_format())
-    if result.error is not None:
-        reason = (
-            str(result.error).strip().splitlines()[-1] if str(result.error).strip() else type(result.error).__name__
-        )
-        the_run.end("failed", error=reason)
-        raise TrainingFailed(f"training failed: {reason}")
+    try:
+        result = fit(job, log.log_format())
+    except TrainingFailed as exc:
+        the_run.end("failed", error=str(exc))
+        raise
     best_ckpt = result.get_best_checkpoint(metric="val_loss", mode="min") or result.checkpoint
     if best_ckpt is None:
         the_run.end("failed", error="no checkpoint was reported")
