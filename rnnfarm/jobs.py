@@ -70,6 +70,12 @@ def ensure_ray(spec: JobSpec) -> None:
             f"cluster: {spec.cluster.workers} workers x {spec.cluster.cpus_per_worker} CPU need {need:g} CPUs, "
             f"this Ray has {have:g}: lower cluster.workers or cluster.cpus_per_worker"
         )
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if spec.cluster.use_gpu and spec.cluster.workers > gpus:
+        raise UserError(
+            f"cluster.use_gpu: {spec.cluster.workers} worker(s) need a GPU each, this Ray has {gpus:g}: "
+            "set use_gpu: false or lower cluster.workers"
+        )
 
 
 def run(spec: JobSpec, name: str | None = None) -> Outcome:
