@@ -221,6 +221,7 @@ def train(job: Job, session: Session) -> dict[str, Any]:
     losses = torch.zeros(min(t.eval_every, t.steps), device=device)
     done, logged = 0, 0  # steps since the last evaluation; of them, already logged
     started = interval = time.perf_counter()
+    interval_cpu = time.process_time()
     metrics: dict[str, Any] = {}
     while step < t.steps:
         x, y, epoch_start = train_streams.next()
@@ -250,7 +251,7 @@ def train(job: Job, session: Session) -> dict[str, Any]:
             continue
 
         train_loss = float(losses[:done].mean())  # waits for the device, so the interval's time is complete
-        train_time = time.perf_counter() - interval
+        train_time, train_cpu = time.perf_counter() - interval, time.process_time() - interval_cpu
         total = session.all_reduce(evaluate(raw, val_streams, device, dtype))
         val_loss = float(total[0] / total[1])
         best = min(best, val_loss)
@@ -265,6 +266,7 @@ def train(job: Job, session: Session) -> dict[str, Any]:
             "chars": step * chars_per_step,
             "chars_per_s": done * chars_per_step / train_time,
             "step_time_s": train_time / done,
+            "step_cpu_s": train_cpu / done,  # CPU seconds of this process: below step_time_s, it waited
             "elapsed_s": time.perf_counter() - started,
             "resumed_from": resumed_from,
         }
@@ -290,5 +292,5 @@ def train(job: Job, session: Session) -> dict[str, Any]:
                 logger.info("eval", **{k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
             checkpoint.save_worker(folder, rank, {**rng_state(device), **state_tensors(state)})
             session.report(metrics, folder, f"checkpoint-{step:06d}")
-        done, logged, interval = 0, 0, time.perf_counter()
+        done, logged, interval, interval_cpu = 0, 0, time.perf_counter(), time.process_time()
     return metrics
