@@ -138,13 +138,13 @@ def eval_batch(manifest: dict[str, Any], split: str, t: TrainSpec, world: int) -
     return max(1, min(t.batch_size, (manifest["splits"][split]["chars"] - 1) // (world * t.seq_len)))
 
 
-def evaluate_split(job: Job, folder: Path, split: str = "test", device: str | torch.device = "cpu") -> float:
+def evaluate_split(job: Job, folder: Path, split: str = "test", device: str | torch.device | None = None) -> float:
     """Loss in nats/char of a checkpoint on a whole split of the job's corpus, in this process.
 
     The split is cut as evaluation cuts it in training (``workers x batch`` streams, state carried), so
-    a test loss compares with the val losses the run reported.
+    a test loss compares with the val losses the run reported. It runs on this process's GPU if it has one.
     """
-    device = torch.device(device)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     t, world = job.spec.train, job.spec.cluster.workers
     manifest = shards.load_manifest(job.corpus)
     vocab = Vocab.from_json(manifest["vocab"])
