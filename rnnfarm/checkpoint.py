@@ -2,9 +2,9 @@
 
 A checkpoint folder holds:
     model.safetensors   weights                         (written by rank 0)
-    meta.json           model shape, vocabulary, step, val loss, corpus fingerprint, spec
+    meta.json           model shape, vocabulary, step, val loss, metrics, corpus fingerprint, spec
     optimizer.safetensors + trainer.json                optimizer state, stream position, schedule
-    worker-<rank>.safetensors                           that rank's hidden state and RNG state
+    worker-<rank>.safetensors                           that rank's hidden state and RNG states (CPU; GPU too)
 The first two are all that sampling needs (the ``best/`` folder of a run holds just those).
 """
 

@@ -11,7 +11,7 @@ from functools import wraps
 import click
 
 from . import log
-from .errors import UserError
+from .errors import TrainingFailed, UserError
 from .redact import scrub
 
 
@@ -69,7 +69,7 @@ def run(spec_file: str, name: str | None, address: str | None, no_wait: bool, en
     try:
         with progress.follow(the_run, job_spec):
             outcome = jobs.run(job_spec, name)
-    except jobs.TrainingFailed as exc:
+    except TrainingFailed as exc:
         click.echo(f"error: {scrub(str(exc))}", err=True)
         sys.exit(1)
     print_outcome(outcome)
@@ -122,6 +122,8 @@ def print_outcome(outcome) -> None:
         f"best val loss {best['val_loss']:.4f} nats/char ({best['val_bpc']:.4f} bits/char) "
         f"at step {best['step']} of trial {best['trial']}"
     )
+    if "test_loss" in best:
+        click.echo(f"test loss {best['test_loss']:.4f} nats/char ({best['test_bpc']:.4f} bits/char) at that checkpoint")
     click.echo(f"best checkpoint: {best['url']}")
     click.echo(f"leaderboard:     {run.store.url}/leaderboard.csv")
     click.echo(f"samples:         {run.trial(best['trial']).url}/samples.txt")

@@ -60,7 +60,8 @@ class Streams:
     def __init__(self, tokens: np.ndarray, layout: Layout) -> None:
         L, B = layout.stream_len, layout.batch
         rows = np.lib.stride_tricks.sliding_window_view(tokens, L + 1)[::L][:B]
-        self.data = torch.from_numpy(np.ascontiguousarray(rows).astype(np.int64))
+        # Kept in the vocabulary's compact dtype (one byte a char for most corpora); windows are widened.
+        self.data = torch.from_numpy(np.ascontiguousarray(rows))
         self.seq_len = layout.seq_len
         self.windows = L // layout.seq_len
         self.epoch, self.pos = 0, 0
@@ -68,7 +69,7 @@ class Streams:
     def next(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """The next (x, y) window and whether it starts an epoch (the hidden state must reset)."""
         a = self.pos * self.seq_len
-        x, y = self.data[:, a : a + self.seq_len], self.data[:, a + 1 : a + self.seq_len + 1]
+        x, y = self.data[:, a : a + self.seq_len].long(), self.data[:, a + 1 : a + self.seq_len + 1].long()
         starts = self.pos == 0
         self.pos += 1
         if self.pos == self.windows:
@@ -80,7 +81,7 @@ class Streams:
         L = self.data.shape[1] - 1
         for a in range(0, L, self.seq_len):
             b = min(a + self.seq_len, L)
-            yield self.data[:, a:b], self.data[:, a + 1 : b + 1]
+            yield self.data[:, a:b].long(), self.data[:, a + 1 : b + 1].long()
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "pos": self.pos}

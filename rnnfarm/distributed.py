@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from . import log
+from .errors import TrainingFailed
 from .train import Job, train
 
 
@@ -54,8 +56,24 @@ def worker_loop(config: dict[str, Any]) -> dict[str, Any]:
     return train(config["job"], RaySession())
 
 
+def failure_reason(exc: ray.train.TrainingFailedError) -> str:
+    """One line per failed worker: the last ``...Error: message`` line of its error, else its first line."""
+    failures = getattr(exc, "worker_failures", None) or {-1: getattr(exc, "controller_failure", exc)}
+    reasons = []
+    for rank, error in sorted(failures.items()):
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+        raised = [line for line in lines if re.match(r"[\w.]+(Error|Exception)\b", line)]
+        reason = raised[-1] if raised else lines[0]
+        reasons.append(reason if rank < 0 else f"rank {rank}: {reason}")
+    return "; ".join(reasons)
+
+
 def fit(job: Job, log_format: str, callbacks: list | None = None) -> ray.train.Result:
-    """Run the job's training on Ray Train; checkpoints land in the job's trial folder on storage."""
+    """Run the job's training on Ray Train; checkpoints land in the job's trial folder on storage.
+
+    Lost workers are restarted from the latest checkpoint up to ``train.max_failures`` times; past
+    that, :class:`TrainingFailed` says why.
+    """
     spec = job.spec
     filesystem, trial_path = job.trial.pyarrow()
     parent, name = trial_path.rsplit("/", 1)
@@ -80,4 +98,7 @@ def fit(job: Job, log_format: str, callbacks: list | None = None) -> ray.train.R
             callbacks=callbacks,
         ),
     )
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        raise TrainingFailed(f"training failed: {failure_reason(exc)}") from None

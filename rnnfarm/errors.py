@@ -8,3 +8,7 @@ class UserError(Exception):
     """
 
     exit_code = 2
+
+
+class TrainingFailed(Exception):
+    """Training itself failed (after the retries the spec allows): not a user error, exit code 1."""

@@ -5,18 +5,17 @@ from __future__ import annotations
 import math
 import os
 import socket
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from . import archive, leaderboard, log, report
 from .corpus.build import build
-from .errors import UserError
+from .errors import TrainingFailed, UserError
 from .leaderboard import TrialEnd
 from .runs import SINGLE_TRIAL, Run
 from .spec import JobSpec
 from .storage import Store
-from .train import Job
+from .train import Job, evaluate_split
 from .vocab import Vocab
 
 # Defaults for an embedded Ray (the environment overrides each).
@@ -39,10 +38,6 @@ class Outcome:
     @property
     def best(self) -> dict[str, Any]:
         return self.record["best"]
-
-
-class TrainingFailed(Exception):
-    """Training itself failed (after retries): not a user error, exit code 1."""
 
 
 def start_local_ray(num_cpus: int | None = None) -> None:
@@ -141,6 +136,14 @@ def ensure_ray(spec: JobSpec) -> float:
             f"{where}: one trial needs {need:g} CPUs (workers x cpus_per_worker), this Ray has {have:g}: "
             f"lower {where}.workers or {where}.cpus_per_worker"
         )
+    gpus = ray.cluster_resources().get("GPU", 0)
+    placed = spec.tune.resources if spec.tune else spec.cluster
+    if placed.use_gpu and placed.workers > gpus and address == "local":
+        where = "tune.resources" if spec.tune else "cluster"
+        raise UserError(
+            f"{where}.use_gpu: {placed.workers} worker(s) need a GPU each, this Ray has {gpus:g}: "
+            f"set use_gpu: false or lower {where}.workers"
+        )
     return have
 
 
@@ -168,7 +171,7 @@ def run(spec: JobSpec, name: str | None = None) -> Outcome:
     else:
         logger.info("training", run=the_run.name, workers=spec.cluster.workers, steps=spec.train.steps)
         ends = [single(spec, the_run, built.folder)]
-    return finish(the_run, ends)
+    return finish(the_run, ends, spec, built.folder, built.manifest["splits"])
 
 
 def single(spec: JobSpec, the_run: Run, corpus: Store) -> TrialEnd:
@@ -176,19 +179,34 @@ def single(spec: JobSpec, the_run: Run, corpus: Store) -> TrialEnd:
     from .distributed import fit
 
     trial = the_run.trial(SINGLE_TRIAL)
-    started = time.perf_counter()
-    result = fit(Job(spec=spec, corpus=corpus, trial=trial), log.log_format())
-    archive.consolidate(trial)
-    wall = time.perf_counter() - started
-    if result.error is not None:
-        message = str(result.error).strip()
-        return TrialEnd(SINGLE_TRIAL, "failed", {}, wall, message.splitlines()[-1] if message else "error")
-    step = (result.metrics or {}).get("step", 0)
-    return TrialEnd(SINGLE_TRIAL, "completed" if step >= spec.train.steps else "stopped", {}, wall)
+    try:
+        fit(Job(spec=spec, corpus=corpus, trial=trial), log.log_format())
+    except TrainingFailed as exc:
+        the_run.end("failed", error=str(exc))  # running the same spec again resumes from the latest checkpoint
+        log.get("rnnfarm.run").error("run failed", run=the_run.name, error=str(exc))
+        raise
+    finally:
+        archive.consolidate(trial)
+    stored = leaderboard.evaluations(trial)
+    step = stored[-1]["step"] if stored else 0
+    return TrialEnd(SINGLE_TRIAL, "completed" if step >= spec.train.steps else "stopped", {}, trial_wall(stored))
 
 
-def finish(the_run: Run, ends: list[TrialEnd]) -> Outcome:
-    """Rank the trials, promote the best kept checkpoint to ``best/``, and close the run's record."""
+def trial_wall(stored: list[dict[str, Any]]) -> float | None:
+    """Training time of a trial as its evaluations measured it (summed over restarts)."""
+    if not stored:
+        return None
+    total, last = 0.0, 0.0
+    for m in stored:
+        if m["elapsed_s"] < last:  # the worker restarted: its clock started again
+            total += last
+        last = m["elapsed_s"]
+    return total + last
+
+
+def finish(the_run: Run, ends: list[TrialEnd], spec: JobSpec, corpus: Store, splits: dict[str, Any]) -> Outcome:
+    """Rank the trials, promote the best kept checkpoint to ``best/``, score it on the test split if the
+    corpus has one, and close the run's record."""
     kept = {end.trial: leaderboard.best_checkpoint(the_run.trial(end.trial)) for end in ends}
     rows = leaderboard.ranked([leaderboard.row(the_run.trial(end.trial), end, kept[end.trial]) for end in ends])
     leaderboard.write(the_run.store, rows)
@@ -204,9 +222,24 @@ def finish(the_run: Run, ends: list[TrialEnd]) -> Outcome:
     _, trial, name = min(candidates)
     best = the_run.promote(trial, name)
     best["val_bpc"] = best["val_loss"] / math.log(2)
+    if "test" in splits:  # the corpus has a test split (`corpus.test` > 0)
+        best["test_loss"] = test_loss(the_run, spec, corpus, next(e for e in ends if e.trial == trial))
+        best["test_bpc"] = best["test_loss"] / math.log(2)
     record = the_run.end("completed", best, trials={s: sum(e.status == s for e in ends) for s in leaderboard.STATUSES})
     report.publish(the_run)
     log.get("rnnfarm.run").info(
         "run completed", run=the_run.name, val_loss=round(best["val_loss"], 4), best=best["url"]
     )
     return Outcome(the_run, record, rows)
+
+
+def test_loss(the_run: Run, spec: JobSpec, corpus: Store, end: TrialEnd) -> float:
+    """The promoted checkpoint's loss on the whole test split, cut as its trial cut val."""
+    from .sample import local_checkpoint
+
+    if spec.tune is not None:
+        from .tune import trial_spec
+
+        spec = trial_spec(spec, end.settings)
+    with local_checkpoint(the_run.best.url, the_run.store.options) as folder:
+        return evaluate_split(Job(spec, corpus, the_run.trial(end.trial)), folder, "test")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor, nn
 
@@ -74,7 +77,8 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        logits, state = model(prime.view(1, -1))
+        with native_rnn_kernels():
+            logits, state = model(prime.view(1, -1))
         last = logits[0, -1].float()
         for _ in range(length):
             if argmax:
@@ -86,7 +90,20 @@ def generate(
                     scaled = scaled.masked_fill(scaled < kth, float("-inf"))
                 token = torch.multinomial(torch.softmax(scaled, dim=-1), 1, generator=generator)
             yield int(token)
-            logits, state = model(token.view(1, 1), state)
+            with native_rnn_kernels():  # only while a step runs: the caller's code between steps is left alone
+                logits, state = model(token.view(1, 1), state)
             last = logits[0, -1].float()
     finally:
         model.train(was_training)
+
+
+@contextlib.contextmanager
+def native_rnn_kernels() -> Iterator[None]:
+    """PyTorch's own RNN kernels instead of oneDNN's: for one character at a time (batch 1, sequence 1) on a
+    CPU, oneDNN's cost about 10x more per step (bench/sampling.py)."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before

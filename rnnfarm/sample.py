@@ -102,27 +102,11 @@ def characters(
     decode = vocab.decoder()  # a byte-level model's bytes become characters once a UTF-8 sequence completes
 
     def drawn() -> Iterator[str]:
-        while True:
-            with native_rnn_kernels():  # only while a step runs: the caller's code between steps is left alone
-                token = next(tokens, None)
-            if token is None:
-                return
+        for token in tokens:
             if text := decode(token):
                 yield text
 
     return drawn()
-
-
-@contextlib.contextmanager
-def native_rnn_kernels() -> Iterator[None]:
-    """PyTorch's own RNN kernels instead of oneDNN's: for one character at a time (batch 1, sequence 1) on a CPU,
-    oneDNN's cost about 10x more per step (bench/sampling.py)."""
-    before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.enabled = before
 
 
 def sample(

@@ -54,7 +54,9 @@ class TrainSpec(Section):
     grad_clip: PositiveFloat | None = 1.0
     warmup_steps: Annotated[int, Field(ge=0)] = 0
     decay: Literal["cosine", "step", "none"] = "cosine"
-    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1  # cosine: the last learning rate, as a fraction of lr
+    decay_every: Positive = 1000  # step: multiply the learning rate by decay_rate every this many steps
+    decay_rate: Annotated[float, Field(gt=0, le=1)] = 0.5
     eval_every: Positive = 200
     log_every: Positive = 50
     keep_best: Positive = 2

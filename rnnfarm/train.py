@@ -77,6 +77,7 @@ class LocalSession:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision``: ``auto`` takes bf16 where the CPU or GPU computes it natively."""
     if precision == "fp32":
         return None
     if device.type == "cuda":
@@ -88,14 +89,20 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
 def lr_factor(step: int, t: TrainSpec) -> float:
-    """Linear warmup, then cosine decay to ``min_lr_ratio`` (or constant)."""
+    """Linear warmup, then cosine decay to ``min_lr_ratio``, step decay by ``decay_rate``, or constant."""
     if step < t.warmup_steps:
         return (step + 1) / t.warmup_steps
-    if t.decay == "none":
-        return 1.0
-    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
-    return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    if t.decay == "step":
+        return t.decay_rate ** ((step - t.warmup_steps) // t.decay_every)
+    if t.decay == "cosine":
+        progress = min(1.0, (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps))
+        return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0
 
 
 def make_optimizer(model: torch.nn.Module, t: TrainSpec) -> torch.optim.Optimizer:
@@ -104,19 +111,48 @@ def make_optimizer(model: torch.nn.Module, t: TrainSpec) -> torch.optim.Optimize
     return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
 
 
-def evaluate(model: CharRNN, streams: Streams, session: Session, dtype: torch.dtype | None) -> float:
-    """Mean loss in nats/char over the whole split, state carried across windows, summed over ranks."""
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU batch on the device; a GPU copy goes through pinned memory so the host does not wait for it."""
+    if device.type == "cpu":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def evaluate(model: CharRNN, streams: Streams, device: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
+    """Summed loss (nats) and count of targets over every window of the streams, state carried across them."""
     model.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=session.device)
+    total = torch.zeros(2, dtype=torch.float64, device=device)
     state: State | None = None
-    with torch.no_grad(), torch.autocast(session.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+    with torch.no_grad(), autocast(device, dtype):
         for x, y in streams.windows_for_eval():
-            x, y = x.to(session.device), y.to(session.device)
+            x, y = to_device(x, device), to_device(y, device)
             logits, state = model(x, state)
             total[0] += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
             total[1] += y.numel()
     model.train()
-    total = session.all_reduce(total)
+    return total
+
+
+def eval_batch(manifest: dict[str, Any], split: str, t: TrainSpec, world: int) -> int:
+    """Streams per rank for evaluating a split: the training batch, fewer where the split is short."""
+    return max(1, min(t.batch_size, (manifest["splits"][split]["chars"] - 1) // (world * t.seq_len)))
+
+
+def evaluate_split(job: Job, folder: Path, split: str = "test", device: str | torch.device | None = None) -> float:
+    """Loss in nats/char of a checkpoint on a whole split of the job's corpus, in this process.
+
+    The split is cut as evaluation cuts it in training (``workers x batch`` streams, state carried), so
+    a test loss compares with the val losses the run reported. It runs on this process's GPU if it has one.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    t, world = job.spec.train, job.spec.cluster.workers
+    manifest = shards.load_manifest(job.corpus)
+    vocab = Vocab.from_json(manifest["vocab"])
+    batch = eval_batch(manifest, split, t, world) * world
+    streams = streams_for(job.corpus, manifest, split, vocab, batch, 1, 0, 1)
+    streams.seq_len = t.seq_len
+    model = checkpoint.load_model(folder, device)[0]
+    total = evaluate(model, streams, device, autocast_dtype(t.precision, device))
     return float(total[0] / total[1])
 
 
@@ -131,25 +167,38 @@ def samples(model: CharRNN, vocab: Vocab, job: Job, step: int, device: torch.dev
     return out
 
 
+def rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The generators dropout draws from on this worker (the device's own one on a GPU)."""
+    state = {"rng": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state.pop("rng"))
+    if "cuda_rng" in state:
+        torch.cuda.set_rng_state(state.pop("cuda_rng"), device)
+
+
 def train(job: Job, session: Session) -> dict[str, Any]:
     """Train the spec's model on this worker's share of the corpus; returns the last metrics."""
     spec, t = job.spec, job.spec.train
     logger = log.get("rnnfarm.train").bind(trial=job.trial.name, rank=session.rank)
     threads = spec.cluster.threads_per_worker or max(1, int(spec.cluster.cpus_per_worker))
     torch.set_num_threads(threads)
-    dtype = autocast_dtype(t.precision, session.device)
+    device = session.device
+    dtype = autocast_dtype(t.precision, device)
 
     manifest = shards.load_manifest(job.corpus)
     vocab = Vocab.from_json(manifest["vocab"])
     rank, world = session.rank, session.world_size
     train_streams = streams_for(job.corpus, manifest, "train", vocab, t.batch_size, t.seq_len, rank, world)
-    n_val = manifest["splits"]["val"]["chars"]
-    val_batch = max(1, min(t.batch_size, (n_val - 1) // (world * t.seq_len)))
-    val_streams = streams_for(job.corpus, manifest, "val", vocab, val_batch, 1, rank, world)
+    val_streams = streams_for(job.corpus, manifest, "val", vocab, eval_batch(manifest, "val", t, world), 1, rank, world)
     val_streams.seq_len = t.seq_len
 
     torch.manual_seed(t.seed)  # identical initial weights on every rank
-    raw = CharRNN(len(vocab), spec.model).to(session.device)
+    raw = CharRNN(len(vocab), spec.model).to(device)
     model = session.wrap(raw)
     optimizer = make_optimizer(raw, t)
     torch.manual_seed(t.seed + 1 + rank)  # distinct dropout masks per rank
@@ -157,27 +206,31 @@ def train(job: Job, session: Session) -> dict[str, Any]:
 
     with session.latest_checkpoint() as folder:
         if folder is not None:
-            raw.load_state_dict(checkpoint.load_model(folder, session.device)[0].state_dict())
+            raw.load_state_dict(checkpoint.load_model(folder, device)[0].state_dict())
             trainer = checkpoint.load_optimizer(folder, optimizer)
             step, best = trainer["step"], trainer["best_val_loss"]
             train_streams.load_state_dict(trainer["streams"])
             worker = checkpoint.load_worker(folder, rank)
-            torch.set_rng_state(worker.pop("rng"))
-            state = state_from_tensors({k: v.to(session.device) for k, v in worker.items()})
+            set_rng_state(worker, device)
+            state = state_from_tensors({k: v.to(device) for k, v in worker.items()})
             logger.info("resumed", step=step, checkpoint=folder.name)
+    resumed_from = step
 
     chars_per_step = world * t.batch_size * t.seq_len
-    started, train_time, losses = time.perf_counter(), 0.0, []
+    # Per-step losses stay on the device: reading one waits for the device, so it is done only to log.
+    losses = torch.zeros(min(t.eval_every, t.steps), device=device)
+    done, logged = 0, 0  # steps since the last evaluation; of them, already logged
+    started = interval = time.perf_counter()
+    interval_cpu = time.process_time()
     metrics: dict[str, Any] = {}
     while step < t.steps:
-        tick = time.perf_counter()
         x, y, epoch_start = train_streams.next()
         if epoch_start:
             state = None
-        x, y = x.to(session.device), y.to(session.device)
+        x, y = to_device(x, device), to_device(y, device)
         for group in optimizer.param_groups:
             group["lr"] = t.lr * lr_factor(step, t)
-        with torch.autocast(session.device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with autocast(device, dtype):
             logits, state = model(x, state)
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         state = detach(state)
@@ -186,35 +239,41 @@ def train(job: Job, session: Session) -> dict[str, Any]:
         if t.grad_clip:
             torch.nn.utils.clip_grad_norm_(raw.parameters(), t.grad_clip)
         optimizer.step()
-        step += 1
-        losses.append(loss.item())
-        train_time += time.perf_counter() - tick
+        losses[done] = loss.detach()
+        step, done = step + 1, done + 1
+        if step == resumed_from + 1:
+            logger.info("first step", step=step, seconds=round(time.perf_counter() - started, 3))
 
         if step % t.log_every == 0 and step % t.eval_every and rank == 0:
-            logger.info("step", step=step, loss=round(sum(losses[-t.log_every :]) / len(losses[-t.log_every :]), 4))
+            logger.info("step", step=step, loss=round(float(losses[logged:done].mean()), 4))
+            logged = done
         if step % t.eval_every and step != t.steps:
             continue
 
-        val_loss = evaluate(raw, val_streams, session, dtype)
+        train_loss = float(losses[:done].mean())  # waits for the device, so the interval's time is complete
+        train_time, train_cpu = time.perf_counter() - interval, time.process_time() - interval_cpu
+        total = session.all_reduce(evaluate(raw, val_streams, device, dtype))
+        val_loss = float(total[0] / total[1])
         best = min(best, val_loss)
         metrics = {
             "step": step,
             "epoch": train_streams.epoch,
-            "train_loss": sum(losses) / max(1, len(losses)),
+            "train_loss": train_loss,
             "val_loss": val_loss,
             "val_bpc": val_loss / LN2,
             "best_val_loss": best,
             "lr": optimizer.param_groups[0]["lr"],
             "chars": step * chars_per_step,
-            "chars_per_s": len(losses) * chars_per_step / max(train_time, 1e-9),
-            "step_time_s": train_time / max(1, len(losses)),
+            "chars_per_s": done * chars_per_step / train_time,
+            "step_time_s": train_time / done,
+            "step_cpu_s": train_cpu / done,  # CPU seconds of this process: below step_time_s, it waited
             "elapsed_s": time.perf_counter() - started,
+            "resumed_from": resumed_from,
         }
-        losses, train_time = [], 0.0
         with tempfile.TemporaryDirectory(prefix="rnnfarm-ckpt-") as tmp:
             folder = Path(tmp)
             if rank == 0:
-                drawn = samples(raw, vocab, job, step, session.device)
+                drawn = samples(raw, vocab, job, step, device)
                 (job.trial / "samples" / f"step-{step:06d}.json").write_json(
                     {"step": step, "val_loss": val_loss, "samples": drawn}
                 )
@@ -222,6 +281,7 @@ def train(job: Job, session: Session) -> dict[str, Any]:
                 meta = {
                     "step": step,
                     "val_loss": val_loss,
+                    "metrics": metrics,
                     "corpus": {"name": manifest["corpus"], "fingerprint": manifest["fingerprint"]},
                     "spec": spec.model_dump(mode="json", exclude={"storage_options"}),
                 }
@@ -230,8 +290,9 @@ def train(job: Job, session: Session) -> dict[str, Any]:
                     folder, optimizer, {"step": step, "best_val_loss": best, "streams": train_streams.state_dict()}
                 )
                 logger.info("eval", **{k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
-            checkpoint.save_worker(folder, rank, {"rng": torch.get_rng_state(), **state_tensors(state)})
+            checkpoint.save_worker(folder, rank, {**rng_state(device), **state_tensors(state)})
             session.report(metrics, folder, f"checkpoint-{step:06d}")
             if rank == 0:
                 logger.info("checkpoint", step=step, name=f"checkpoint-{step:06d}", val_loss=round(val_loss, 4))
+        done, logged, interval, interval_cpu = 0, 0, time.perf_counter(), time.process_time()
     return metrics

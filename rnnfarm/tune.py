@@ -82,10 +82,10 @@ def driver(config: dict[str, Any], *, base: JobSpec, corpus: Store, run: Run, lo
     spec = trial_spec(base, settings)
     trial = run.trial(trial_id)
     (trial / "config.json").write_json({"trial": trial_id, "settings": settings, "spec": comparable(spec)})
-    result = fit(Job(spec, corpus, trial), log_format, callbacks=[TuneReportCallback()])
-    archive.consolidate(trial)
-    if result.error is not None:
-        raise result.error
+    try:
+        fit(Job(spec, corpus, trial), log_format, callbacks=[TuneReportCallback()])
+    finally:
+        archive.consolidate(trial)
 
 
 def _tuner(spec: JobSpec, run: Run, corpus: Store, log_format: str, concurrency: int) -> tune.Tuner:

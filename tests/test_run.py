@@ -20,7 +20,7 @@ def write_spec(tmp_path, **sections) -> str:
 
 
 def test_run_trains_on_two_workers_and_keeps_the_best(ray_local, tmp_path):
-    spec_file = write_spec(tmp_path, cluster={"workers": 2})
+    spec_file = write_spec(tmp_path, cluster={"workers": 2}, corpus={"test": 0.05})
     result = CliRunner().invoke(cli, ["run", spec_file])
     assert result.exit_code == 0, result.output
     assert "best val loss" in result.output and "nats/char" in result.output
@@ -29,6 +29,9 @@ def test_run_trains_on_two_workers_and_keeps_the_best(ray_local, tmp_path):
     record = json.loads((run / "run.json").read_text())
     assert record["status"] == "completed"
     assert record["best"]["val_loss"] < 4.17  # better than a uniform guess over 65 symbols
+    # The corpus has a test split: the best checkpoint was scored on it at the end.
+    assert 0 < record["best"]["test_loss"] < 4.17
+    assert f"test loss {record['best']['test_loss']:.4f} nats/char" in result.output
     meta = json.loads((run / "best" / "meta.json").read_text())
     assert meta["step"] == record["best"]["step"] and meta["spec"]["cluster"]["workers"] == 2
     assert (run / "best" / "model.safetensors").stat().st_size > 0
@@ -58,3 +61,9 @@ def test_more_workers_than_cpus_is_refused_before_training(ray_local, tmp_path):
 def test_sampling_something_that_is_not_a_checkpoint(tmp_path):
     result = CliRunner().invoke(cli, ["sample", str(tmp_path), "--prime", "x"])
     assert result.exit_code == 2 and "neither a checkpoint nor a run" in result.output
+
+
+def test_asking_for_gpus_this_ray_does_not_have_is_refused_before_training(ray_local, tmp_path):
+    result = CliRunner().invoke(cli, ["run", write_spec(tmp_path, cluster={"workers": 1, "use_gpu": True})])
+    assert result.exit_code == 2
+    assert "cluster.use_gpu: 1 worker(s) need a GPU each, this Ray has 0" in result.output

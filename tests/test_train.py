@@ -68,3 +68,60 @@ def test_priming_with_characters_outside_the_vocabulary_is_refused(shakespeare, 
     folder = str(tmp_path / "checkpoints" / "checkpoint-000030")
     with pytest.raises(UserError, match=r"2 character\(s\) outside the model's vocabulary: '5€'"):  # no digit 5
         "".join(sample(folder, prime="ROMEO: €5"))
+
+
+class Interrupted(Exception):
+    """Stands in for a worker stopping (killed, preempted) right after a checkpoint."""
+
+
+class StopAfterCheckpoint(LocalSession):
+    def report(self, metrics, folder, name):
+        super().report(metrics, folder, name)
+        raise Interrupted(name)
+
+
+def tensors(folder, name):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / name))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resuming_after_a_stop_continues_bitwise_like_a_run_that_never_stopped(shakespeare, tmp_path, precision):
+    sections = {
+        "model": {"layers": 2, "hidden": 32, "dropout": 0.2},  # dropout: the RNG state must be restored too
+        "train": {"steps": 16, "eval_every": 8, "precision": precision, "warmup_steps": 2},
+    }
+    straight, _ = run_in_process(shakespeare, tmp_path / "straight", **sections)
+
+    job_spec = make_spec(str(tmp_path / "storage"), **sections)
+    job = Job(job_spec, shakespeare.folder, Run(Store.at(job_spec.storage) / "runs" / "t").trial())
+    with pytest.raises(Interrupted):
+        train(job, StopAfterCheckpoint(tmp_path / "stopped"))
+    assert [p.name for p in (tmp_path / "stopped").iterdir()] == ["checkpoint-000008"]
+    resumed = LocalSession(tmp_path / "stopped")
+    train(job, resumed)
+    assert resumed.reports[-1]["resumed_from"] == 8 and straight.reports[-1]["resumed_from"] == 0
+
+    a, b = tmp_path / "straight" / "checkpoints" / "checkpoint-000016", tmp_path / "stopped" / "checkpoint-000016"
+    for name in ("model.safetensors", "optimizer.safetensors", "worker-0.safetensors"):
+        first, second = tensors(a, name), tensors(b, name)
+        assert first.keys() == second.keys()
+        assert all(torch.equal(first[k], second[k]) for k in first), name
+    assert straight.reports[-1]["val_loss"] == resumed.reports[-1]["val_loss"]
+
+
+def test_the_test_split_is_evaluated_like_the_val_split(shakespeare, tmp_path):
+    from rnnfarm.corpus.build import build
+    from rnnfarm.train import evaluate_split
+
+    job_spec = make_spec(str(tmp_path / "storage"), corpus={"val": 0.05, "test": 0.05})
+    built = build(Store.at(job_spec.storage), job_spec.corpus)
+    assert built.manifest["splits"]["test"]["chars"] == pytest.approx(0.05 * 1_115_394, abs=2)
+    session = LocalSession(tmp_path / "checkpoints")
+    job = Job(job_spec, built.folder, Run(Store.at(job_spec.storage) / "runs" / "t").trial())
+    metrics = train(job, session)
+    folder = tmp_path / "checkpoints" / "checkpoint-000030"
+    assert evaluate_split(job, folder, "val") == pytest.approx(metrics["val_loss"], abs=1e-6)
+    test_loss = evaluate_split(job, folder, "test")
+    assert 0.5 * metrics["val_loss"] < test_loss < 4.17 and test_loss != metrics["val_loss"]

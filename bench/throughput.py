@@ -1,0 +1,191 @@
+"""Training throughput: rnnfarm's loop against a plain PyTorch loop of the same model, in the same run.
+
+rnnfarm's figure is the ``chars_per_s`` its own loop reports (``train()`` in-process on a
+``LocalSession``: one worker, data loading from the corpus shards included). The plain loop is the
+hand-written way: the same embedding -> LSTM -> linear model, batch, sequence length, optimizer and
+clipping, the hidden state carried between windows of a token tensor held in memory. Both start from
+the same weights and read the same streams at a constant learning rate, so they compute the same
+numbers and only the loops around them differ. Repetitions
+alternate between the two (and which goes first) so other load on the machine hits both alike; the
+ratio is the median of the per-repetition ratios (their range is printed too: on a machine shared with
+other work, single repetitions swing). "per CPU-s" is the same ratio in chars per CPU-second of the
+process, which time spent waiting for a core does not inflate.
+
+    .venv/bin/python bench/throughput.py --sizes 2x128,2x512,3x512 --precision fp32 --reps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnfarm import log, spec
+from rnnfarm.corpus.build import build
+from rnnfarm.data import load_tokens
+from rnnfarm.storage import Store
+from rnnfarm.train import Job, LocalSession, autocast_dtype, train
+from rnnfarm.vocab import Vocab
+
+SEED, LR = 1337, 2e-3  # both loops start from the same weights and take the same steps
+
+
+def job_spec(args: argparse.Namespace, layers: int, hidden: int) -> spec.JobSpec:
+    return spec.parse(
+        {
+            "name": "bench",
+            "storage": args.storage,
+            "corpus": {"name": "shakespeare", "val": 0.01},  # a short val split: the final evaluation is not timed
+            "model": {"layers": layers, "hidden": hidden, "embedding": args.embedding, "dropout": 0.0},
+            "train": {
+                "steps": args.steps,
+                "batch_size": args.batch,
+                "seq_len": args.seq_len,
+                "eval_every": args.steps,
+                "log_every": args.steps,
+                "precision": args.precision,
+                "lr": LR,
+                "warmup_steps": 0,
+                "decay": "none",
+                "seed": SEED,
+            },
+            "samples": {"temperatures": [1.0], "length": 1},
+            "cluster": {"workers": 1, "threads_per_worker": args.threads},
+        }
+    )
+
+
+def rnnfarm_loop(args: argparse.Namespace, built, layers: int, hidden: int) -> tuple[float, float]:
+    """chars per second and per CPU second that rnnfarm's own loop reports over its steps."""
+    job = job_spec(args, layers, hidden)
+    with tempfile.TemporaryDirectory(prefix="rnnfarm-bench-") as tmp:
+        session = LocalSession(Path(tmp) / "checkpoints", device=args.device)
+        metrics = train(Job(job, built.folder, Store.at(tmp) / "trial"), session)
+    return metrics["chars_per_s"], args.batch * args.seq_len / metrics["step_cpu_s"]
+
+
+class PlainLSTM(nn.Module):
+    def __init__(self, vocab: int, embedding: int, hidden: int, layers: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, embedding)
+        self.lstm = nn.LSTM(embedding, hidden, layers, batch_first=True)
+        self.head = nn.Linear(hidden, vocab)
+        with torch.no_grad():  # forget-gate bias 1, as char-rnn's LSTMs start
+            for layer in range(layers):
+                getattr(self.lstm, f"bias_ih_l{layer}")[hidden : 2 * hidden].fill_(1.0)
+                getattr(self.lstm, f"bias_hh_l{layer}")[hidden : 2 * hidden].fill_(0.0)
+
+    def forward(self, x, state=None):
+        out, state = self.lstm(self.embed(x), state)
+        return self.head(out), state
+
+
+def plain_loop(
+    args: argparse.Namespace, tokens: torch.Tensor, vocab: int, layers: int, hidden: int
+) -> tuple[float, float]:
+    """The textbook loop: B contiguous streams, windows of T, state carried and detached, Adam, clipping."""
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = autocast_dtype(args.precision, device)
+    torch.manual_seed(SEED)
+    model = PlainLSTM(vocab, args.embedding, hidden, layers).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    B, T = args.batch, args.seq_len
+    n = (len(tokens) - 1) // B
+    x_all, y_all = tokens[: B * n].view(B, n), tokens[1 : B * n + 1].view(B, n)
+    state = None
+    start, start_cpu = time.perf_counter(), time.process_time()
+    for step in range(args.steps):
+        a = (step * T) % (n - T)
+        x, y = x_all[:, a : a + T], y_all[:, a : a + T]
+        if device.type == "cuda":
+            x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+            logits, state = model(x, state)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        state = tuple(s.detach() for s in state)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+    loss.item()  # waits for the device
+    chars = args.steps * B * T
+    return chars / (time.perf_counter() - start), chars / (time.process_time() - start_cpu)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="2x128,2x512,3x512", help="layers x hidden, comma-separated")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--embedding", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--storage", default="./rnnfarm-data")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    log.configure("json", level=40)
+
+    built = build(Store.at(args.storage), job_spec(args, 1, 1).corpus)
+    vocab = Vocab.from_json(built.manifest["vocab"])
+    n_train = built.manifest["splits"]["train"]["chars"]
+    tokens = torch.from_numpy(load_tokens(built.folder, built.manifest, "train", 0, n_train, vocab).astype("int64"))
+
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    # The first loop in a process pays one-off costs (kernel selection, allocator growth): warm both up.
+    steps, args.steps = args.steps, 3
+    rnnfarm_loop(args, built, *sizes[0])
+    plain_loop(args, tokens, len(vocab), *sizes[0])
+    args.steps = steps
+    figures: dict[str, dict[str, list[tuple[float, float]]]] = {
+        f"{L}x{H}": {"rnnfarm": [], "plain": []} for L, H in sizes
+    }
+    for rep in range(args.reps):
+        for L, H in sizes:
+            size = f"{L}x{H}"
+            runs = {
+                "rnnfarm": lambda L=L, H=H: rnnfarm_loop(args, built, L, H),
+                "plain": lambda L=L, H=H: plain_loop(args, tokens, len(vocab), L, H),
+            }
+            for name in ["rnnfarm", "plain"] if rep % 2 == 0 else ["plain", "rnnfarm"]:
+                figures[size][name].append(runs[name]())
+            done = ", ".join(f"{name} {v[-1][0]:,.0f}" for name, v in figures[size].items())
+            print(f"rep {rep + 1}/{args.reps} {size}: {done} chars/s", file=sys.stderr)
+
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(
+        f"\n{device}, {args.precision}, batch {args.batch} x seq_len {args.seq_len}, {args.threads} thread(s), "
+        f"{args.steps} steps x {args.reps} reps"
+    )
+    print(f"{'model':>8} {'rnnfarm chars/s':>16} {'plain chars/s':>14} {'ratio':>6} {'range':>13} {'per CPU-s':>9}")
+    rows = []
+    for size, runs in figures.items():
+        ratios = [a[0] / b[0] for a, b in zip(runs["rnnfarm"], runs["plain"], strict=True)]
+        cpu_ratio = statistics.median(a[1] / b[1] for a, b in zip(runs["rnnfarm"], runs["plain"], strict=True))
+        ours, theirs = (statistics.median(r[0] for r in runs[name]) for name in ("rnnfarm", "plain"))
+        ratio = statistics.median(ratios)
+        print(
+            f"{size:>8} {ours:>16,.0f} {theirs:>14,.0f} {ratio:>6.3f} {min(ratios):>6.3f}-{max(ratios):.3f} "
+            f"{cpu_ratio:>9.3f}"
+        )
+        rows.append(
+            {"model": size, "rnnfarm": ours, "plain": theirs, "ratio": ratio, "cpu_ratio": cpu_ratio, "runs": runs}
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": device, "precision": args.precision, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
