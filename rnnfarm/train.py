@@ -135,7 +135,7 @@ def evaluate(model: CharRNN, streams: Streams, device: torch.device, dtype: torc
 
 def eval_batch(manifest: dict[str, Any], split: str, t: TrainSpec, world: int) -> int:
     """Streams per rank for evaluating a split: the training batch, fewer where the split is short."""
-    return max(1, min(t.batch_size, (manifest["splits"][split]["chars"] - 1) // (world * t.seq_len)))
+    return max(1, min(t.batch_size, (manifest["splits"][split]["tokens"] - 1) // (world * t.seq_len)))
 
 
 def evaluate_split(job: Job, folder: Path, split: str = "test", device: str | torch.device | None = None) -> float:
