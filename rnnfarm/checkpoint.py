@@ -6,6 +6,7 @@ A checkpoint folder holds:
     optimizer.safetensors + trainer.json                optimizer state, stream position, schedule
     worker-<rank>.safetensors                           that rank's hidden state and RNG states (CPU; GPU too)
 The first two are all that sampling needs (the ``best/`` folder of a run holds just those).
+On storage each file is written whole and ``meta.json`` last (``upload``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from .errors import UserError
 from .model import CharRNN
 from .spec import ModelSpec
+from .storage import Store
 from .vocab import Vocab
 
 FORMAT = 1
@@ -39,6 +41,18 @@ def save_model(folder: Path, model: CharRNN, vocab: Vocab, meta: dict[str, Any])
         folder / META,
         {"format": FORMAT, "model": model.spec.model_dump(), "vocab": vocab.to_json(), **meta},
     )
+
+
+def upload(folder: Path, target: Store) -> None:
+    """Copy a local checkpoint folder to ``target`` on storage: each file whole, ``meta.json`` last; then
+    check that the store lists every file at its size, so that a checkpoint reported as saved is whole."""
+    files = sorted((p for p in folder.iterdir() if p.is_file()), key=lambda p: (p.name == META, p.name))
+    for path in files:
+        (target / path.name).upload(path)
+    stored = target.sizes()
+    missing = [p.name for p in files if stored.get(p.name) != p.stat().st_size]
+    if missing:
+        raise OSError(f"{target.url}: {', '.join(missing)} did not reach storage whole")
 
 
 def load_meta(folder: Path) -> dict[str, Any]:

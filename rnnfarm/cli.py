@@ -59,6 +59,8 @@ def run(spec_file: str, name: str | None, address: str | None, no_wait: bool, en
 
     if env_file:
         submit.load_env_file(env_file)
+    if name is not None:
+        spec.run_name(name)
     job_spec = spec.load(spec_file)
     job_spec = submit.with_address(job_spec, submit.resolve_address(job_spec.cluster.address, address))
     if submit.is_remote(job_spec.cluster.address):
@@ -417,7 +419,7 @@ def runs_show(run_url: str, as_json: bool) -> None:
 
 def _assignments(pairs: tuple[str, ...], flag: str) -> dict:
     """``key=value`` pairs; a value is read as YAML (numbers, booleans, lists), else kept as text."""
-    import yaml
+    from .spec import read_yaml
 
     given = {}
     for pair in pairs:
@@ -425,8 +427,8 @@ def _assignments(pairs: tuple[str, ...], flag: str) -> dict:
         if not sep or not key:
             raise UserError(f"{flag} {pair!r}: expected key=value")
         try:
-            given[key] = yaml.safe_load(value) if value else ""
-        except yaml.YAMLError:
+            given[key] = read_yaml(value, flag) if value else ""
+        except UserError:  # not YAML (or not safe to read as such): the text itself
             given[key] = value
     return given
 

@@ -15,15 +15,22 @@ import torch.distributed as dist
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from . import log
+from . import checkpoint, log
 from .errors import TrainingFailed
+from .storage import Store
 from .train import Job, train
 
 
 class RaySession:
-    """The Session a Ray Train worker gives the loop: DDP over gloo (CPU) or NCCL (GPU)."""
+    """The Session a Ray Train worker gives the loop: DDP over gloo (CPU) or NCCL (GPU).
 
-    def __init__(self) -> None:
+    Each worker uploads its checkpoint files itself, through rnnfarm's storage (``checkpoint.upload``):
+    Ray's default upload (``pyarrow.fs.copy_files``) returns without an error when the store fails to
+    close a file, so a checkpoint missing files could be registered as the one to resume from.
+    """
+
+    def __init__(self, trial: Store) -> None:
+        self.trial = trial
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
@@ -48,12 +55,24 @@ class RaySession:
             yield Path(folder)
 
     def report(self, metrics: dict[str, Any], folder: Path, name: str) -> None:
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder), checkpoint_dir_name=name)
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(folder),
+            checkpoint_dir_name=name,
+            checkpoint_upload_fn=self._upload,
+        )
+
+    def _upload(self, local: ray.train.Checkpoint, name: str) -> ray.train.Checkpoint:
+        target = self.trial / name
+        checkpoint.upload(Path(local.path), target)
+        filesystem, path = target.pyarrow()
+        return ray.train.Checkpoint(path=path, filesystem=filesystem)
 
 
 def worker_loop(config: dict[str, Any]) -> dict[str, Any]:
     log.configure(config["log_format"])
-    return train(config["job"], RaySession())
+    job = config["job"]
+    return train(job, RaySession(job.trial))
 
 
 def failure_reason(exc: ray.train.TrainingFailedError) -> str:

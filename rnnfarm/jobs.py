@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import archive, leaderboard, log, report
-from .corpus.build import build
+from .corpus.build import build, plugin
 from .errors import TrainingFailed, UserError
 from .leaderboard import TrialEnd
 from .runs import SINGLE_TRIAL, Run
-from .spec import JobSpec
+from .spec import JobSpec, run_name
 from .storage import Store
 from .train import Job, evaluate_split
 from .vocab import Vocab
@@ -82,19 +82,26 @@ def join_cluster(spec: JobSpec) -> None:
 
     The job's workers get the variables ``cluster.forward_env`` names, and the dashboard's address: Ray
     Train's clean-up actors find the state API through it (without it they search the machine, and give
-    up where several Ray instances run, leaking the resources of stopped trials).
+    up where several Ray instances run, leaking the resources of stopped trials). The forwarded values
+    (credentials) are set by a worker set-up hook, which Ray keeps as a pickled function: as ``env_vars``
+    of the runtime env they would be written to every node's runtime-env log and shown with the job.
     """
     import ray
     from ray.dashboard.utils import ray_address_to_api_server_url
 
     if ray.is_initialized():
         return
-    env_vars = {name: os.environ[name] for name in spec.cluster.forward_env if os.environ.get(name)}
+    forwarded = {name: os.environ[name] for name in spec.cluster.forward_env if os.environ.get(name)}
+
+    def set_forwarded_variables() -> None:
+        os.environ.update(forwarded)
+
+    env_vars = {}
     if not os.environ.get("RAY_API_SERVER_ADDRESS"):
         env_vars["RAY_API_SERVER_ADDRESS"] = ray_address_to_api_server_url("auto")
     ray.init(
         address="auto",
-        runtime_env={"env_vars": env_vars},
+        runtime_env={"env_vars": env_vars, "worker_process_setup_hook": set_forwarded_variables},
         logging_level="WARNING",
         logging_config=ray.LoggingConfig(log_level="WARNING"),
     )
@@ -149,8 +156,12 @@ def ensure_ray(spec: JobSpec) -> float:
 
 def run(spec: JobSpec, name: str | None = None) -> Outcome:
     logger = log.get("rnnfarm.run")
+    if name is not None:
+        run_name(name)
     storage = Store.at(spec.storage, spec.storage_options)
-    storage.check()
+    storage.check(write=True)
+    plugin(spec.corpus)  # an unknown plugin or option is refused before Ray starts
+    cpus = ensure_ray(spec)  # a trial that cannot fit is refused before anything is written
     built = build(storage, spec.corpus)
     Vocab.from_json(built.manifest["vocab"]).encode(spec.samples.prime, strict=True)
 
@@ -161,7 +172,6 @@ def run(spec: JobSpec, name: str | None = None) -> Outcome:
         logger.info("run already completed", run=the_run.name, url=the_run.store.url)
         return Outcome(the_run, earlier, leaderboard.read(the_run.store))
 
-    cpus = ensure_ray(spec)
     if spec.tune is not None:
         from .tune import sweep
 
@@ -182,11 +192,14 @@ def single(spec: JobSpec, the_run: Run, corpus: Store) -> TrialEnd:
     try:
         fit(Job(spec=spec, corpus=corpus, trial=trial), log.log_format())
     except TrainingFailed as exc:
-        the_run.end("failed", error=str(exc))  # running the same spec again resumes from the latest checkpoint
         log.get("rnnfarm.run").error("run failed", run=the_run.name, error=str(exc))
+        try:  # running the same spec again resumes from the latest checkpoint
+            the_run.end("failed", error=str(exc))
+            archive.consolidate(trial)
+        except UserError as unrecorded:  # the storage itself may be what failed: the training error is the one to tell
+            log.get("rnnfarm.run").warning("could not record the failure", run=the_run.name, reason=str(unrecorded))
         raise
-    finally:
-        archive.consolidate(trial)
+    archive.consolidate(trial)
     stored = leaderboard.evaluations(trial)
     step = stored[-1]["step"] if stored else 0
     return TrialEnd(SINGLE_TRIAL, "completed" if step >= spec.train.steps else "stopped", {}, trial_wall(stored))

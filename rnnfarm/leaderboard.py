@@ -15,6 +15,8 @@ from . import checkpoint
 from .storage import Store
 
 STATUSES = ("completed", "stopped", "failed", "not started")
+# Where Ray Train's checkpoint manager records the checkpoints it registered (and has not deleted since).
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
 
 
 @dataclass(frozen=True)
@@ -28,13 +30,21 @@ class TrialEnd:
     error: str | None = None
 
 
+def registered(trial: Store) -> list[str]:
+    """The trial's checkpoints that Ray Train registered, by folder name: each was saved whole.
+
+    A folder left by an upload that was cut short (or by a deletion cut short) is not among them.
+    """
+    snapshot = trial / RAY_SNAPSHOT
+    if not snapshot.exists():
+        return []
+    return [r["checkpoint_dir_name"] for r in snapshot.read_json()["checkpoint_results"]]
+
+
 def best_checkpoint(trial: Store) -> tuple[str, dict[str, Any]] | None:
-    """The trial's kept checkpoint with the lowest val loss (only folders whose metadata is there)."""
-    found = []
-    for item in trial.list():
-        meta = item / checkpoint.META
-        if item.name.startswith("checkpoint-") and meta.exists():
-            found.append((item.name, meta.read_json()))
+    """The trial's kept checkpoint with the lowest val loss, among those Ray Train registered."""
+    metas = [trial / name / checkpoint.META for name in registered(trial)]
+    found = [(meta.parent.name, meta.read_json()) for meta in metas if meta.exists()]
     return min(found, key=lambda f: f[1]["val_loss"]) if found else None
 
 

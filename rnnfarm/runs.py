@@ -4,10 +4,11 @@
 <storage>/runs/<run>/trials/<trial>/{checkpoint-NNNNNN/, samples/step-NNNNNN.json, metrics/step-NNNNNN.json}
 
 What a reader can rely on: every object is whole (storage.py). A trial's checkpoint folder is uploaded
-by Ray file by file and counts only once Ray's checkpoint manager has registered it; rnnfarm promotes
-nothing else. ``best/meta.json`` is removed first and written last on promotion, and records the
-sha256 of the other files in ``best/``. ``SHA256SUMS`` (sha256sum's format) is written when the run
-completes, before ``run.json`` says so, and covers ``best/`` and every trial's sample archives.
+file by file (``meta.json`` last) and counts only once Ray's checkpoint manager has registered it
+(``leaderboard.registered``); rnnfarm promotes nothing else. ``best/meta.json`` is removed first and
+written last on promotion, and records the sha256 of the other files in ``best/``. ``SHA256SUMS``
+(sha256sum's format) is written when the run completes, before ``run.json`` says so, and covers
+``best/`` and every trial's sample archives.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ def now() -> str:
 
 
 def comparable(spec: JobSpec) -> dict[str, Any]:
-    """The parts of a spec that decide a run's results (where it runs does not)."""
-    return spec.model_dump(mode="json", exclude={"cluster", "storage", "storage_options"})
+    """The parts of a spec that decide a run's results (where it runs does not), credentials masked."""
+    return redact.redact(spec.model_dump(mode="json", exclude={"cluster", "storage", "storage_options"}))
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,7 @@ class Run:
                 f"run {self.name!r} already exists at {self.store.url} with a different spec: "
                 "give this job another name (the spec's `name:` or --name), or delete that run"
             )
-        masked = {"storage": redact.scrub(spec.storage), "storage_options": redact.redact(spec.storage_options)}
-        (self.store / "spec.yaml").write_text(dump(spec.model_copy(update=masked)))
+        (self.store / "spec.yaml").write_text(dump(spec, masked=True))
         record = {
             "name": self.name,
             "status": "running",

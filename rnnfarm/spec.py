@@ -11,7 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .corpus.normalize import Policy
 from .errors import UserError
-from .redact import is_secret_key
+from .redact import is_secret_key, redact
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # a run's name: it names a folder on storage
+NAME_HELP = "must be letters, digits, '.', '_' or '-' (at most 100)"
+MAX_VALUES = 100_000  # values a spec may expand to (YAML aliases of aliases can make billions)
 
 Positive = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -224,7 +228,7 @@ class TuneSpec(Section):
 
 
 class JobSpec(Section):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")]
+    name: Annotated[str, Field(pattern=NAME)]
     storage: str = "./rnnfarm-data"
     storage_options: dict[str, Any] = Field(default_factory=dict, repr=False)  # may hold credentials
     corpus: CorpusSpec = Field(default_factory=CorpusSpec)
@@ -277,19 +281,37 @@ def _describe(error: dict[str, Any]) -> str:
     if kind in ("bool_type", "bool_parsing"):
         return "must be true or false"
     if kind == "string_pattern_mismatch":
-        return "must be letters, digits, '.', '_' or '-' (at most 100)"
+        return NAME_HELP
     if kind == "too_short":
         return "must not be empty"
     message = error["msg"]
     return message.removeprefix("Value error, ")
 
 
+def _key(part: Any) -> str:
+    """One part of a YAML path as the message shows it: a key that is not plain text is quoted."""
+    text = str(part)
+    return text if text.isprintable() and text.strip() == text and text else repr(text)
+
+
 def _format(exc: ValidationError, source: str) -> str:
     problems = []
     for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"])
+        where = ".".join(_key(p) for p in error["loc"])
         problems.append(f"{where}: {_describe(error)}" if where else _describe(error))
-    return f"{source}: " + "; ".join(problems)
+    return one_line(f"{source}: " + "; ".join(problems))
+
+
+def one_line(message: str) -> str:
+    """A message kept to one line: line breaks (from a key or value it quotes) are written as escapes."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def run_name(name: str, source: str = "--name") -> str:
+    """``name`` if it can name a run (a folder on storage: no ``/``, no ``..``); a UserError otherwise."""
+    if not re.match(NAME, name):
+        raise UserError(one_line(f"{source} {name!r}: a run's name {NAME_HELP}"))
+    return name
 
 
 def parse(data: Any, source: str = "spec") -> JobSpec:
@@ -302,6 +324,31 @@ def parse(data: Any, source: str = "spec") -> JobSpec:
         raise UserError(_format(exc, source)) from None
 
 
+def read_yaml(text: str, source: str) -> Any:
+    """YAML as plain data, read safely: no tag makes a Python object (``!!python/...`` is refused), and a
+    document nested too deeply or expanding past ``MAX_VALUES`` values is refused, each in one line."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise UserError(one_line(f"{source}: {problem}{where}")) from None
+    except RecursionError:
+        raise UserError(f"{source}: nested too deeply to read") from None
+    todo, count = [data], 0
+    while todo:  # counted as a reader would walk it: each use of an alias counts again
+        item = todo.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise UserError(f"{source}: expands to more than {MAX_VALUES:,} values (aliases of aliases?): write it out")
+        if isinstance(item, dict):
+            todo.extend(item.items())
+        elif isinstance(item, list | tuple):
+            todo.extend(item)
+    return data
+
+
 def load(path: str | Path) -> JobSpec:
     """Read and validate a YAML spec file."""
     path = Path(path)
@@ -310,16 +357,11 @@ def load(path: str | Path) -> JobSpec:
     except FileNotFoundError:
         raise UserError(f"{path}: no such spec file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read the spec ({exc})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise UserError(f"{path}: {problem}{where}") from None
-    return parse(data, str(path))
+        raise UserError(one_line(f"{path}: cannot read the spec ({exc})")) from None
+    return parse(read_yaml(text, str(path)), str(path))
 
 
-def dump(spec: JobSpec) -> str:
-    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+def dump(spec: JobSpec, masked: bool = False) -> str:
+    """The spec as YAML; ``masked``: with every credential in it masked, at any depth (as a run keeps it)."""
+    data = spec.model_dump(mode="json")
+    return yaml.safe_dump(redact(data) if masked else data, sort_keys=False, allow_unicode=True)

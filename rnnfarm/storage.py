@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import functools
 import hashlib
 import json
@@ -48,6 +49,14 @@ S3_DEFAULTS: dict[str, Any] = {
     "use_listings_cache": False,
 }
 _TMP_NAME = re.compile(r"^\..+\.tmp-[0-9a-f]{12}$")
+PROBE_BYTES = 64 << 10  # written (to an unnamed file) and dropped by a local storage's write check
+# Local write failures a user can fix, and how.
+_LOCAL_HINTS = {
+    errno.ENOSPC: "free some space, or choose a storage folder on another disk",
+    errno.EDQUOT: "free some space, or choose a storage folder on another disk",
+    errno.EROFS: "choose a storage folder on a disk that can be written",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: fix the storage path",
+}
 
 
 def normalize_url(url: str) -> str:
@@ -141,6 +150,8 @@ def storage_error(exc: BaseException, store: Store) -> UserError | None:
     if is_local(store.url):
         if isinstance(exc, PermissionError):
             return UserError(f"{where}: permission denied: choose a storage folder this user can write")
+        if isinstance(exc, OSError) and exc.errno in _LOCAL_HINTS:
+            return UserError(f"storage {where}: {os.strerror(exc.errno)}: {_LOCAL_HINTS[exc.errno]}")
         return None
     endpoint_hint, credentials_hint = _HINTS.get(protocol_of(store.url), ("storage_options", "storage_options"))
     if names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError", "ConnectionError"}:
@@ -228,10 +239,15 @@ class Store:
         return self._fs_path[1]
 
     @_translated
-    def check(self) -> None:
+    def check(self, write: bool = False) -> None:
         """Fail early, in one line, when the storage cannot be reached, refuses the credentials, or lacks
-        the bucket; a local path needs nothing."""
-        if is_local(self.url) or protocol_of(self.url) not in OBJECT_STORES:
+        the bucket; with ``write``, also when a local path cannot take writes (a read-only or full disk,
+        a file where a folder should be)."""
+        if is_local(self.url):
+            if write:
+                self._probe_local()
+            return
+        if protocol_of(self.url) not in OBJECT_STORES:
             return
         bucket = self.path.split("/", 1)[0]
         try:
@@ -240,6 +256,18 @@ class Store:
             raise UserError(
                 f"storage {redact.scrub(self.url)}: bucket {bucket!r} does not exist: create it, or fix the storage URL"
             ) from None
+
+    def _probe_local(self) -> None:
+        """Write a little to an unnamed file in the nearest existing folder of this path, and drop it."""
+        folder = Path(self.url)
+        while not folder.exists():
+            folder = folder.parent
+        if not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+        with tempfile.TemporaryFile(dir=folder) as f:
+            f.write(bytes(PROBE_BYTES))
+            f.flush()
+            os.fsync(f.fileno())
 
     @_translated
     def exists(self) -> bool:
@@ -271,6 +299,15 @@ class Store:
         return [self / name for name in names if not _TMP_NAME.match(name)]
 
     @_translated
+    def sizes(self) -> dict[str, int]:
+        """The size of each object directly in this folder, by name, as the store lists them now."""
+        try:
+            entries = self.fs.ls(self.path, detail=True)
+        except FileNotFoundError:
+            return {}
+        return {posixpath.basename(e["name"].rstrip("/")): int(e["size"]) for e in entries if e["type"] == "file"}
+
+    @_translated
     def size(self) -> int:
         return int(self.fs.size(self.path))
 
@@ -292,25 +329,39 @@ class Store:
 
     @contextlib.contextmanager
     def open_atomic(self) -> Iterator[IO[bytes]]:
-        """A file to write; it appears at this location, whole, only when the block exits cleanly."""
+        """A file to write; it appears at this location, whole, only when the block exits cleanly.
+
+        A local disk that is full or read-only (or a file where a folder should be) is a one-line UserError.
+        """
         if is_local(self.url):
-            folder = os.path.dirname(self.url)
-            os.makedirs(folder, exist_ok=True)
-            tmp = os.path.join(folder, f".{self.name}.tmp-{uuid.uuid4().hex[:12]}")
             try:
-                with open(tmp, "wb") as f:
+                with self._local_atomic() as f:
                     yield f
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.url)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
+            except OSError as exc:
+                error = storage_error(exc, self)
+                if error is None:
+                    raise
+                raise error from None
         else:
             with tempfile.NamedTemporaryFile(prefix="rnnfarm-upload-") as f:
                 yield f
                 f.flush()
                 self._put(f.name)
+
+    @contextlib.contextmanager
+    def _local_atomic(self) -> Iterator[IO[bytes]]:
+        folder = os.path.dirname(self.url)
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{self.name}.tmp-{uuid.uuid4().hex[:12]}")
+        try:
+            with open(tmp, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.url)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
     @_translated
     def _put(self, local: str) -> None:

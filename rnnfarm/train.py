@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, log
+from . import checkpoint, log, redact
 from .corpus import shards
 from .data import Streams, streams_for
 from .model import CharRNN, State, detach, generate, state_from_tensors, state_tensors
@@ -283,7 +283,7 @@ def train(job: Job, session: Session) -> dict[str, Any]:
                     "val_loss": val_loss,
                     "metrics": metrics,
                     "corpus": {"name": manifest["corpus"], "fingerprint": manifest["fingerprint"]},
-                    "spec": spec.model_dump(mode="json", exclude={"storage_options"}),
+                    "spec": redact.redact(spec.model_dump(mode="json", exclude={"storage_options"})),
                 }
                 checkpoint.save_model(folder, raw, vocab, meta)
                 checkpoint.save_optimizer(

@@ -8,9 +8,11 @@ in ``runs/<run>/trials/<trial id>/``; running the same job again restores the sw
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import typing
+from collections.abc import Iterator
 from typing import Any
 
 from ray import tune
@@ -28,6 +30,10 @@ from .train import Job
 
 EXPERIMENT = "tune"
 DRIVER_MEMORY = 64 << 20
+# Ray Tune copies these variables of the driver's environment into each trial's runtime env, which Ray's
+# runtime-env agent writes to its log on every node. Trials have credentials from their own environment
+# (inherited from an embedded Ray, or set by rnnfarm's worker set-up hook on a cluster: jobs.join_cluster).
+TUNE_COPIES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
 
 
 def _is_int(key: str) -> bool:
@@ -134,6 +140,17 @@ def _tuner(spec: JobSpec, run: Run, corpus: Store, log_format: str, concurrency:
     )
 
 
+@contextlib.contextmanager
+def _unseen_by_tune() -> Iterator[None]:
+    """While Tune runs, the credentials it would copy into its trials' runtime envs are out of the environment
+    (this process's storage clients were made, with them, before)."""
+    hidden = {name: os.environ.pop(name) for name in TUNE_COPIES if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(hidden)
+
+
 def sweep(spec: JobSpec, run: Run, corpus: Store, log_format: str, concurrency: int) -> list[TrialEnd]:
     """Run (or resume) the sweep; how each trial ended, for the leaderboard."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no progress tables on stdout
@@ -141,7 +158,8 @@ def sweep(spec: JobSpec, run: Run, corpus: Store, log_format: str, concurrency: 
     # nothing new: its results are read from storage, so Tune must accept the silent end.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     started = time.perf_counter()
-    results = _tuner(spec, run, corpus, log_format, concurrency).fit()
+    with _unseen_by_tune():
+        results = _tuner(spec, run, corpus, log_format, concurrency).fit()
     ends = []
     for result in results:
         trial_id = result.path.rstrip("/").rsplit("/", 1)[-1]

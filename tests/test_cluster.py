@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import s3fs
 import yaml
 from click.testing import CliRunner
 
@@ -111,9 +112,15 @@ def test_a_sweep_runs_on_both_nodes_of_the_cluster_lands_on_s3_and_is_pulled(log
 
     secrets_ = (s3.secret_key, s3.access_key, cluster.token)
     shown = json.dumps({"runtime_env": info.runtime_env, "metadata": info.metadata, "entry": info.entrypoint})
-    records = [(run / name).read_text() for name in ("spec.yaml", "run.json", "best/meta.json")]
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **s3.options())
+    stored = {path: fs.cat_file(path) for path in fs.find("rnnfarm-test/cluster")}  # records, report, checkpoints
+    assert any(path.endswith("/report.html") for path in stored) and any("/tune/" in path for path in stored)
+    logs = {p: p.read_bytes() for p in cluster.folder.glob("*/session_*/logs/**/*") if p.is_file()}  # both nodes
+    assert any(p.name.startswith("job-driver-") for p in logs)
     for secret in secrets_:
-        assert secret not in out and secret not in shown and all(secret not in text for text in records)
+        assert secret not in out and secret not in shown
+        for where, data in {**stored, **logs}.items():
+            assert secret.encode() not in data, where
 
     pulled = CliRunner().invoke(cli, ["pull", run.url, "--dest", str(tmp_path / "pulled")])
     assert pulled.exit_code == 0, pulled.output

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
+from pathlib import Path
 
 import pytest
 import s3fs
@@ -17,6 +19,7 @@ from .conftest import make_spec
 
 STORAGE = "s3://rnnfarm-test/runs-on-s3"
 RUN = f"{STORAGE}/runs/tiny"
+RAY_TOKEN = secrets.token_hex(24)  # planted in the run's environment, as a user who also works with a cluster has it
 
 
 def run_cli(*args: str):
@@ -25,12 +28,14 @@ def run_cli(*args: str):
 
 @pytest.fixture(scope="module")
 def trained(s3, ray_local, tmp_path_factory):
-    """`rnnfarm run` of a tiny job whose spec holds the credentials; the endpoint comes from the environment.
+    """`rnnfarm run` of a tiny job whose spec holds the credentials; the endpoint comes from the environment,
+    and a Ray token is there too.
 
     Yields the run's CLI output and everything printed to stderr by the driver and Ray's workers.
     """
     with pytest.MonkeyPatch.context() as env:
         env.setenv("AWS_ENDPOINT_URL", s3.endpoint)
+        env.setenv("RAY_AUTH_TOKEN", RAY_TOKEN)
         s3fs.S3FileSystem.clear_instance_cache()
         job = make_spec(STORAGE, storage_options={"key": s3.access_key, "secret": s3.secret_key})
         spec_file = tmp_path_factory.mktemp("spec") / "job.yaml"
@@ -68,14 +73,27 @@ def test_a_run_trains_with_its_storage_on_s3(trained, s3):
     assert "trials/main/samples/step-000015.json" in sums and "trials/main/samples/step-000030.json" in sums
 
 
-def test_credentials_appear_in_no_stored_object_and_no_output(trained, s3, capfd):
-    for path, data in objects(s3).items():
-        assert s3.secret_key.encode() not in data, path
-        assert s3.access_key.encode() not in data, path
-    echoed = yaml.safe_load(objects(s3)["rnnfarm-test/runs-on-s3/runs/tiny/spec.yaml"])
+def ray_logs() -> dict[str, bytes]:
+    """Every log file of this session's Ray (the driver's, the workers', Ray Train's controller's...)."""
+    import ray
+
+    folder = Path(ray._private.worker._global_node.get_logs_dir_path())  # no public API names this folder
+    return {str(p): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_credentials_appear_in_no_stored_object_no_output_and_no_ray_log(trained, s3, capfd):
+    stored = objects(s3)  # the corpus, run.json, spec.yaml, checkpoints' meta.json, samples, report.html, report/...
+    assert "rnnfarm-test/runs-on-s3/runs/tiny/report.html" in stored
+    assert any("/checkpoint-000030/meta.json" in path for path in stored)
+    logs = ray_logs()
+    assert any("worker" in path for path in logs)
+    for secret in (s3.secret_key, s3.access_key, RAY_TOKEN):
+        for path, data in {**stored, **logs}.items():
+            assert secret.encode() not in data, path
+    echoed = yaml.safe_load(stored["rnnfarm-test/runs-on-s3/runs/tiny/spec.yaml"])
     assert echoed["storage_options"] == {"key": "***", "secret": "***"}
     printed = trained + capfd.readouterr().err
-    assert s3.secret_key not in printed and s3.access_key not in printed
+    assert s3.secret_key not in printed and s3.access_key not in printed and RAY_TOKEN not in printed
 
 
 def test_runs_list_and_show(trained, s3_env):

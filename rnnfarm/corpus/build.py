@@ -24,10 +24,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .. import log
+from .. import log, redact
 from ..errors import UserError
 from ..spec import CorpusSpec
-from ..storage import Store
+from ..storage import Store, storage_error
 from . import registry, shards
 from .base import Corpus, Document
 from .normalize import Normalizer, Policy, Tally, choose_vocab
@@ -60,6 +60,20 @@ def _options(corpus: Corpus, given: dict[str, Any]) -> BaseModel:
             for e in exc.errors()
         )
         raise UserError(problems) from None
+
+
+def _recorded(options: BaseModel) -> dict[str, Any]:
+    """The options as the manifest records them and the fingerprint counts them: credentials (a source's
+    ``storage_options`` key and secret...) masked, since they change who reads the text, not the text."""
+    dumped = options.model_dump(mode="json")
+    redact.remember_options(dumped)
+    return redact.redact(dumped)
+
+
+def plugin(spec: CorpusSpec) -> tuple[Corpus, BaseModel]:
+    """The corpus plugin a spec names, and its options validated (an unknown name or option: one line)."""
+    corpus = registry.get(spec.name)
+    return corpus, _options(corpus, spec.options)
 
 
 def fingerprint(inputs: dict[str, Any]) -> str:
@@ -200,8 +214,8 @@ def _by_position(stream, out: _Build, val: float, test: float) -> None:
 def build(storage: Store, spec: CorpusSpec) -> Built:
     """Build (or find already built) the corpus a spec names, under ``<storage>/corpora/<name>/``."""
     logger = log.get("rnnfarm.corpus")
-    corpus = registry.get(spec.name)
-    options = _options(corpus, spec.options)
+    corpus, options = plugin(spec)
+    storage.check(write=True)
     fetched = fetch(corpus.sources(options), corpus.name)
     policy = spec.normalize
     separator = corpus.separator if policy.separator is None else policy.separator
@@ -210,7 +224,7 @@ def build(storage: Store, spec: CorpusSpec) -> Built:
         "format": shards.FORMAT,
         "corpus": corpus.name,
         "version": corpus.version,
-        "options": options.model_dump(mode="json"),
+        "options": _recorded(options),
         "source_sha256": fetched.sha256,
         "normalization": {**policy.model_dump(mode="json"), "separator": separator},
         "splitting": {"by": split_by, "val": spec.val, "test": spec.test},
@@ -219,16 +233,18 @@ def build(storage: Store, spec: CorpusSpec) -> Built:
     folder = storage / "corpora" / corpus.name / fp
     if (folder / shards.MANIFEST).exists():
         manifest = shards.load_manifest(folder)
+        shards.verify_local(folder, manifest)
         logger.info("corpus already built", corpus=corpus.name, fingerprint=fp, url=folder.url)
         return Built(folder, manifest, skipped=True)
 
     started = time.perf_counter()
     logger.info("building corpus", corpus=corpus.name, fingerprint=fp, url=folder.url, split_by=split_by)
-    normalizer = Normalizer(policy)
     out = _Build(folder, policy, separator)
+    normalizers: list[Normalizer] = []  # one per pass over the text; the last one's counts are the manifest's
 
     def stream() -> Iterator[tuple[str, str, bool]]:
-        return _normalized(corpus.documents(fetched, options), normalizer)
+        normalizers.append(Normalizer(policy))
+        return _normalized(corpus.documents(fetched, options), normalizers[-1])
 
     try:
         if split_by == "document":
@@ -256,8 +272,11 @@ def build(storage: Store, spec: CorpusSpec) -> Built:
                 f"corpus {corpus.name!r} is too small to give both a train and a val split "
                 f"(it has: {', '.join(splits) or 'nothing'}); use more text or a larger corpus.val"
             )
-    except BaseException:
+    except BaseException as exc:
         out.abort()
+        written = storage_error(exc, folder) if isinstance(exc, OSError) else None  # a full disk, say
+        if written is not None:
+            raise written from None
         raise
     seconds = time.perf_counter() - started
     text_bytes = sum(s["bytes"] for s in splits.values())
@@ -272,7 +291,7 @@ def build(storage: Store, spec: CorpusSpec) -> Built:
             "files": len(fetched.files),
         },
         "documents": out.total_documents,
-        "invalid_utf8": normalizer.report(),
+        "invalid_utf8": normalizers[-1].report(),
         "vocab": {
             **vocab.to_json(),
             "counts": {s: counts.get(s, 0) for s in vocab.symbols},

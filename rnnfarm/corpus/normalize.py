@@ -1,9 +1,10 @@
 """Normalization every corpus gets, and the vocabulary chosen from what it produced.
 
 Raw text (bytes are decoded as UTF-8 under the policy) becomes training text: newlines to ``\\n``,
-control characters other than tab and newline dropped, Unicode NFC. Documents arrive in pieces and
-are normalized piece by piece: a piece is cut after its last newline and the rest carried over, so
-the result does not depend on where a plugin cut its pieces.
+control characters other than tab and newline dropped, Unicode NFC. A document holding a NUL byte is
+binary, not text (of text encodings only UTF-16 and UTF-32 have them), and is refused. Documents
+arrive in pieces and are normalized piece by piece: a piece is cut after its last newline and the
+rest carried over, so the result does not depend on where a plugin cut its pieces.
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ class Normalizer:
 
     def feed(self, piece: str | bytes) -> str:
         """Normalized text of the document so far (what can be settled without the next piece)."""
+        if (b"\0" if isinstance(piece, bytes) else "\0") in piece:
+            raise UserError(
+                f"document {self._doc!r} holds NUL bytes, so it is binary, not text: leave it out of the corpus "
+                "(an include pattern) or convert it to UTF-8 text"
+            )
         text = self._carry + (self._decode(piece) if isinstance(piece, bytes) else self._clean_str(piece))
         cut = text.rfind("\n") + 1
         if not cut and len(text) < CARRY_MAX:

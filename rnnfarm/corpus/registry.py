@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import cache
 
 import pluggy
@@ -11,6 +12,7 @@ from . import hookspecs
 from .base import Corpus
 
 ENTRY_POINT_GROUP = "rnnfarm"
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # a corpus's name is a folder name on storage
 
 
 @cache
@@ -26,6 +28,11 @@ def corpora() -> dict[str, Corpus]:
     found: dict[str, Corpus] = {}
 
     def register(corpus: Corpus) -> None:
+        if not isinstance(corpus.name, str) or not NAME.match(corpus.name):
+            raise UserError(
+                f"a plugin registers a corpus named {corpus.name!r} ({type(corpus).__module__}): a corpus name is "
+                "letters, digits, '.', '_' or '-', as it names a folder on storage; fix or uninstall that plugin"
+            )
         if corpus.name in found:
             raise UserError(f"corpus {corpus.name!r} is registered by two plugins: uninstall one of them")
         found[corpus.name] = corpus

@@ -235,6 +235,15 @@ def local_shard(folder: Store, shard: dict[str, Any]) -> Path:
     return cached
 
 
+def verify_local(folder: Store, manifest: dict[str, Any]) -> None:
+    """Check every shard of a corpus on a local disk against the manifest's sha256 (a remote corpus's shards
+    are checked as they are downloaded); a missing or corrupt shard is named in a one-line error."""
+    if is_local(folder.url):
+        for split in manifest["splits"].values():
+            for shard in split["shards"]:
+                local_shard(folder, shard)
+
+
 @contextlib.contextmanager
 def _open(folder: Store, shard: dict[str, Any]) -> Iterator[pa.ipc.RecordBatchFileReader]:
     with pa.memory_map(str(local_shard(folder, shard))) as source:
