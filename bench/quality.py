@@ -530,7 +530,9 @@ def machine() -> dict[str, Any]:
         platform.processor(),
     )
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    git = ["git", "-C", str(ROOT)]
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    changed = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -539,7 +541,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "ray": ray.__version__,
-        "commit": commit.stdout.strip() or None,
+        "commit": (commit + ("+changes" if changed.stdout.strip() else "")) or None,
     }
 
 
