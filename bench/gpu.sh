@@ -3,7 +3,9 @@
 #   1. training throughput, rnnfarm's loop against a plain PyTorch loop (cuDNN LSTM), fp32 and bf16,
 #      for 2x512 and 3x512 LSTMs (bench/throughput.py);
 #   2. a short tiny-Shakespeare training in fp32 and in bf16: val loss at equal steps, speed (bench/precision.py);
-#   3. where Ray is installed, the same kind of run end to end: `rnnfarm run` with `cluster.use_gpu: true`.
+#   3. where Ray is installed, the same kind of run end to end: `rnnfarm run` with `cluster.use_gpu: true`;
+#   4. and the tiny-Shakespeare quality run of deploy/shakespeare-quality.yaml on one GPU worker, the same
+#      steps as the CPU figure in BENCHMARKS.md (bench/quality.py shakespeare --gpu; $OUT/quality.json).
 # Results go to $OUT (default ./bench-out): one .txt and one .json per part, and summary.txt.
 #
 # Set-up: a venv of its own ($VENV, default .venv-gpu) with pip.
@@ -68,6 +70,12 @@ EOF
   RNNFARM_LOG_FORMAT=json "$VENV/bin/rnnfarm" run "$spec" >"$OUT/gpu-run.txt" 2>"$OUT/gpu-run.log"
   { echo "rnnfarm run $spec:"; grep -v '^$' "$OUT/gpu-run.txt" | head -3
     grep -E '"event": "(training|first step|eval)"' "$OUT/gpu-run.log"; } | tee -a "$summary"
+  if [ $gpu = 1 ]; then quality=(--gpu); else quality=(--minutes 0.05); fi  # the CPU path: 10 steps
+  "$PY" bench/quality.py --results "$OUT/quality.json" --benchmarks "$OUT/quality.md" shakespeare "${quality[@]}" \
+    2>"$OUT/quality.log"
+  "$PY" -c "import json, sys; f = json.load(open(sys.argv[1]))['figures']; s = f.get('shakespeare_gpu') or f['shakespeare']
+print(f\"quality run: {s['config']['train']['steps']} steps, whole rnnfarm run {s['wall_s']} s, best val {s['best_val_loss']}\")" \
+    "$OUT/quality.json" | tee -a "$summary"
 else
   echo "Ray is not installed in $VENV: skipped the rnnfarm run through Ray Train" | tee -a "$summary"
 fi

@@ -23,6 +23,9 @@ LOCAL_RAY_ENV = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1",  # the controller polls workers' reports this often
     "RAY_AUTH_MODE": "disabled",  # a private instance on this machine: no token to pass around
     "RAY_USAGE_STATS_ENABLED": "0",
+    # Ray Train's controller, workers and helpers each start a process of their own (they carry a runtime
+    # env), so idle workers started ahead of them only take CPU while the job starts.
+    "RAY_prestart_worker_first_driver": "0",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",  # nothing preempts a laptop's processes
     "RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING": "0",  # workers' lines reach the terminal once
     "RAY_TRAIN_ENABLE_CONTROLLER_STRUCTURED_LOGGING": "0",

@@ -1,7 +1,7 @@
 """The per-worker training loop: pure torch. Ray runs it in its workers; tests run it in-process.
 
-Everything distributed goes through a ``Session`` (rank, world size, gradient averaging by wrapping
-the model, all-reduce, checkpoint restore and report), so this file reads top to bottom as one loop.
+Everything distributed goes through a ``Session`` (rank, world size, device placement, gradient averaging,
+all-reduce, checkpoint restore and report), so this file reads top to bottom as one loop.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class Session(Protocol):
     device: torch.device
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module: ...
+    def average_gradients(self, model: torch.nn.Module) -> None: ...
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor: ...
     def latest_checkpoint(self) -> contextlib.AbstractContextManager[Path | None]: ...
     def report(self, metrics: dict[str, Any], folder: Path, name: str) -> None: ...
@@ -60,6 +61,9 @@ class LocalSession:
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.to(self.device)
+
+    def average_gradients(self, model: torch.nn.Module) -> None:
+        pass
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor
@@ -236,6 +240,7 @@ def train(job: Job, session: Session) -> dict[str, Any]:
         state = detach(state)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        session.average_gradients(raw)
         if t.grad_clip:
             torch.nn.utils.clip_grad_norm_(raw.parameters(), t.grad_clip)
         optimizer.step()

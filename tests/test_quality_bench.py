@@ -1,0 +1,79 @@
+"""bench/quality.py's figures: the specs it runs are valid jobs, its results file is complete, and the Quality
+section of BENCHMARKS.md is exactly what that file renders (no figure edited by hand)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from rnnfarm import spec
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def quality():
+    found = importlib.util.spec_from_file_location("quality_bench", ROOT / "bench" / "quality.py")
+    module = importlib.util.module_from_spec(found)
+    sys.modules[found.name] = module  # its dataclasses look their module up there
+    found.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def results(quality):
+    return json.loads(quality.RESULTS.read_text())
+
+
+def test_the_quality_sweep_and_time_to_quality_specs_are_valid_jobs_on_tiny_shakespeare():
+    jobs = {name: spec.load(ROOT / "deploy" / f"shakespeare-{name}.yaml") for name in ("quality", "sweep", "ttq")}
+    for job in jobs.values():
+        assert (job.corpus.name, job.corpus.options, job.corpus.val) == ("shakespeare", {"variant": "tiny"}, 0.1)
+    assert jobs["sweep"].tune is not None and jobs["quality"].tune is None and jobs["ttq"].tune is None
+
+
+def test_a_sweep_trial_computes_the_steps_of_the_quality_run(quality):
+    """One worker with the sweep's batch reads what the quality run's workers read together (data.py)."""
+    sweep = spec.load(quality.DEPLOY / "shakespeare-sweep.yaml")
+    run = spec.load(quality.DEPLOY / "shakespeare-quality.yaml")
+    assert sweep.tune.resources.workers * sweep.train.batch_size == run.cluster.workers * run.train.batch_size
+    assert sweep.train.seq_len == run.train.seq_len
+
+
+def test_every_figure_records_its_command_date_and_the_load_at_its_start_and_end(results):
+    assert results["machine"]["cores"] and results["machine"]["torch"] and results["machine"]["ray"]
+    assert set(results["figures"]) == {"sweep", "placement", "shakespeare", "ttq", "startup", "corpora"}
+    for figure in results["figures"].values():
+        assert figure["command"].startswith(".venv/bin/python bench/quality.py ")
+        assert figure["date"] and figure["bench_s"] > 0
+        assert figure["load"]["start"] >= 0 and figure["load"]["end"] >= 0
+
+
+def test_the_quality_section_of_benchmarks_md_is_what_the_results_file_renders(quality, results):
+    text = quality.BENCHMARKS.read_text()
+    start = text.index(quality.HEADING + "\n")
+    end = text.find("\n## ", start + 1)
+    section = text[start : end if end >= 0 else len(text)]
+    assert section.rstrip("\n") == quality.render(results).rstrip("\n")
+
+
+def test_writing_the_section_replaces_only_its_own(quality, results, tmp_path):
+    page = tmp_path / "BENCHMARKS.md"
+    page.write_text(f"# Benchmarks\n\n## Before\n\nkept\n\n{quality.HEADING}\n\nold figures\n\n## After\n\nkept too\n")
+    quality.write_section(page, quality.render(results))
+    once = page.read_text()
+    assert once.startswith("# Benchmarks\n\n## Before\n\nkept\n\n" + quality.HEADING)
+    assert once.endswith("\n## After\n\nkept too\n") and "old figures" not in once
+    quality.write_section(page, quality.render(results))
+    assert page.read_text() == once
+
+
+def test_the_section_is_appended_where_there_is_none(quality, results, tmp_path):
+    page = tmp_path / "BENCHMARKS.md"
+    page.write_text("# Benchmarks\n\n## Other\n\nkept\n")
+    quality.write_section(page, quality.render(results))
+    assert page.read_text().startswith("# Benchmarks\n\n## Other\n\nkept\n\n" + quality.HEADING + "\n")
