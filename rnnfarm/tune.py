@@ -94,6 +94,27 @@ def driver(config: dict[str, Any], *, base: JobSpec, corpus: Store, run: Run, lo
         archive.consolidate(trial)
 
 
+class TrialEnds(tune.Callback):
+    """Logs each trial's end (``trial ended``) when the scheduler ends it, not when the whole sweep does."""
+
+    def __init__(self, run: str, steps: int) -> None:
+        self.run, self.steps = run, steps
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: tune.experiment.Trial, **info: Any) -> None:
+        step = trial.last_result.get("step", 0)
+        status = "not started" if not step else "completed" if step >= self.steps else "stopped"
+        self._log(trial, status, step)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: tune.experiment.Trial, **info: Any) -> None:
+        self._log(trial, "failed", trial.last_result.get("step", 0))
+
+    def _log(self, trial: tune.experiment.Trial, status: str, step: int) -> None:
+        best = trial.metric_analysis.get("val_loss", {}).get("min")
+        log.get("rnnfarm.tune").info(
+            "trial ended", run=self.run, trial=trial.trial_id, status=status, steps=step, best_val_loss=best
+        )
+
+
 def _tuner(spec: JobSpec, run: Run, corpus: Store, log_format: str, concurrency: int) -> tune.Tuner:
     t = spec.tune
     # A driver that takes no CPU still reserves a little memory: Ray needs a non-empty request.
@@ -135,6 +156,7 @@ def _tuner(spec: JobSpec, run: Run, corpus: Store, log_format: str, concurrency:
             storage_path=path,
             storage_filesystem=filesystem,
             failure_config=tune.FailureConfig(max_failures=0),
+            callbacks=[TrialEnds(run.name, spec.train.steps)],
             verbose=0,
         ),
     )
