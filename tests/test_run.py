@@ -1,4 +1,4 @@
-"""`rnnfarm run` end to end on the shared local Ray: 2 workers, DDP over gloo, a best checkpoint."""
+"""`rnnfarm run` end to end on the shared local Ray: 2 workers averaging gradients over gloo, a best checkpoint."""
 
 from __future__ import annotations
 
