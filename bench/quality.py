@@ -317,15 +317,34 @@ def placement(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def step_cost(found: dict[str, Any], spec_model: dict[str, Any], model: dict[str, Any]) -> float:
+    """How much longer a training step of ``model`` takes than one of ``spec_model``: the ratio of the median
+    chars/s of the sweep's trials of each shape (layers x hidden); 1 where the sweep ran no trial of a shape."""
+
+    def rate(m: dict[str, Any]) -> float | None:
+        shape = {"model.layers": m["layers"], "model.hidden": m["hidden"]}
+        return median(
+            t["chars_per_s"]
+            for t in found["trials"]
+            if all(t["settings"].get(k, found["base"]["model"][k.split(".")[1]]) == v for k, v in shape.items())
+        )
+
+    ours, theirs = rate(spec_model), rate(model)
+    return ours / theirs if ours and theirs else 1.0
+
+
 def shakespeare(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
     """The quality run: deploy/shakespeare-quality.yaml (or the sweep's best settings on it), its steps scaled
     from the headline 30 minutes to ``--minutes``."""
     data = read_spec(args.spec)
-    settings = {}
+    settings, slower = {}, 1.0
     if args.from_sweep:
-        settings = results["figures"]["sweep"]["best"]["settings"]
+        found = results["figures"]["sweep"]
+        settings = found["best"]["settings"]
+        slower = step_cost(found, data["model"], {**data["model"], **dotted(data, settings)["model"]})
         data = dotted(data, settings)
     t = data["train"]
+    t["steps"] = round(t["steps"] / slower)  # the sweep's model may take longer a step than the spec's
     if args.gpu:  # one GPU worker with the global batch computes the same steps: the CPU run's config, timed
         t["batch_size"] *= data["cluster"]["workers"]
         data["cluster"].update(workers=1, use_gpu=True, cpus_per_worker=1)
@@ -348,6 +367,7 @@ def shakespeare(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, 
         "spec": str(Path(args.spec).relative_to(ROOT)) if Path(args.spec).is_relative_to(ROOT) else args.spec,
         "budget_minutes": args.minutes,
         "from_sweep": settings,
+        "step_cost": round(slower, 2),
         "config": {k: data[k] for k in ("model", "train", "cluster")},
         "curve": rows,
         "best_val_loss": min(r["val_loss"] for r in rows),
@@ -654,6 +674,17 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def sweep_settings(s: dict[str, Any]) -> str:
+    if not s.get("from_sweep"):
+        return ""
+    chosen = ", ".join(
+        f"`{k}` = {v:.4g}" if isinstance(v, float) else f"`{k}` = {v}" for k, v in s["from_sweep"].items()
+    )
+    cost = s.get("step_cost", 1.0)
+    scaled = f", its steps divided by {cost:g}, the sweep's measured cost of a step of that model" if cost != 1 else ""
+    return f" with the sweep's best settings ({chosen}){scaled}"
+
+
 def render_shakespeare(s: dict[str, Any], figures: dict[str, Any]) -> list[str]:
     budget = s["budget_minutes"]
     best = s["best_within_budget"]
@@ -665,7 +696,8 @@ def render_shakespeare(s: dict[str, Any], figures: dict[str, Any]) -> list[str]:
         s["command"],
         "```",
         "",
-        f"`{s['spec']}`: {config_line(s['config'])}. Val is the last 10% of the text (char-rnn's and nanoGPT's split).",
+        f"`{s['spec']}`{sweep_settings(s)}: {config_line(s['config'])}. "
+        "Val is the last 10% of the text (char-rnn's and nanoGPT's split).",
         f"Whole `rnnfarm run`: {minutes(s['wall_s'])}, first training step after {s['first_step_s']} s; {measured(s)}.",
         "",
         f"**Best val loss within {budget:g} minutes of `rnnfarm run`: {fmt(best, 4)} nats/char "
