@@ -717,6 +717,14 @@ def render_shakespeare(s: dict[str, Any], figures: dict[str, Any]) -> list[str]:
     points = [(r["wall_s"] / 60, r["val_loss"]) for r in rows if r["wall_s"] is not None]
     if len(points) > 1:
         out += ["", "Val loss (nats/char) against minutes since launch:", "", "```", *plot(points), "```"]
+    low, last = min(rows, key=lambda r: r["val_loss"]), rows[-1]
+    if last is not low:
+        out += [
+            "",
+            f"Val is lowest at step {low['step']} (epoch {low['epoch']}, {minutes(low['wall_s'])}); by the last "
+            f"evaluation it is {last['val_loss']:.4f} while train loss went on down to {last['train_loss']:.4f}: "
+            "past that point the model fits the training text and no longer the val text.",
+        ]
     samples = s["samples"]
     out += ["", f"Samples of the best checkpoint (step {samples['step']}, val {samples['val_loss']:.4f}):", ""]
     for sample in samples["samples"]:
@@ -815,7 +823,7 @@ def render_placement(s: dict[str, Any], figures: dict[str, Any]) -> list[str]:
         "|---|---:|",
         *[f"| {label} | {rate:,} |" for label, rate in rates.items()],
         "",
-        f"{fast} is {rates[fast] / rates[slow]:.2f}x as fast here, so the quality and time-to-quality specs use it.",
+        f"{fast} is {rates[fast] / rates[slow]:.2f}x as fast here.",
         "",
     ]
     return out
