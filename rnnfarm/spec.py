@@ -13,7 +13,7 @@ from .corpus.normalize import Policy
 from .errors import UserError
 from .redact import is_secret_key, redact
 
-NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # a run's name: it names a folder on storage
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # a run's or a corpus's name: it names a folder on storage
 NAME_HELP = "must be letters, digits, '.', '_' or '-' (at most 100)"
 MAX_VALUES = 100_000  # values a spec may expand to (YAML aliases of aliases can make billions)
 

@@ -8,11 +8,11 @@ from functools import cache
 import pluggy
 
 from ..errors import UserError
+from ..spec import NAME
 from . import hookspecs
 from .base import Corpus
 
 ENTRY_POINT_GROUP = "rnnfarm"
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")  # a corpus's name is a folder name on storage
 
 
 @cache
@@ -28,7 +28,7 @@ def corpora() -> dict[str, Corpus]:
     found: dict[str, Corpus] = {}
 
     def register(corpus: Corpus) -> None:
-        if not isinstance(corpus.name, str) or not NAME.match(corpus.name):
+        if not isinstance(corpus.name, str) or not re.match(NAME, corpus.name):
             raise UserError(
                 f"a plugin registers a corpus named {corpus.name!r} ({type(corpus).__module__}): a corpus name is "
                 "letters, digits, '.', '_' or '-', as it names a folder on storage; fix or uninstall that plugin"
