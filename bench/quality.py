@@ -43,7 +43,8 @@ DEPLOY = ROOT / "deploy"
 RESULTS = ROOT / "bench" / "results" / "quality.json"
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 HEADING = "## Quality and time to quality"
-HEADLINE_MINUTES = 30  # deploy/shakespeare-quality.yaml's steps fill this many minutes here
+HEADLINE_MINUTES = 30  # the quality run's budget
+SPEC_MINUTES = 20  # deploy/shakespeare-quality.yaml's steps take about this many minutes of `rnnfarm run` here
 THRESHOLD = 1.89  # nats/char: nanoGPT's README reports 1.88 after about 3 minutes of its CPU recipe
 LN2 = math.log(2)
 
@@ -208,6 +209,19 @@ def dotted(data: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def shorten(data: dict[str, Any], scale: float) -> None:
+    """Scale spec ``data``'s schedule (steps, evaluations, warmup, ASHA's grace) down by ``scale`` < 1."""
+    if scale >= 1:
+        return
+    t = data["train"]
+    t["steps"] = max(10, round(t["steps"] * scale))
+    t["eval_every"] = max(5, round(t["eval_every"] * scale))
+    t["warmup_steps"] = min(t["warmup_steps"], t["steps"] // 10)
+    scheduler = data.get("tune", {}).get("scheduler", {})
+    if scheduler.get("grace_period"):
+        scheduler["grace_period"] = max(1, round(scheduler["grace_period"] * scale))
+
+
 def read_spec(path: str | Path) -> dict[str, Any]:
     return yaml.safe_load(Path(path).read_text())
 
@@ -245,9 +259,16 @@ def cleanup(args: argparse.Namespace, *runs: Launched) -> None:
 # --- the figures --------------------------------------------------------------------------------------------------
 
 
-def sweep(args: argparse.Namespace) -> dict[str, Any]:
-    """rnnfarm's Tune stage on tiny Shakespeare for ``--minutes``: the config the quality run uses."""
+def sweep(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
+    """rnnfarm's Tune stage on tiny Shakespeare for ``--minutes``: the config the quality run uses. With
+    ``--from-sweep`` it starts from the first sweep's best settings, except those it searches itself."""
     data = read_spec(args.spec)
+    shorten(data, args.minutes * 60 / data["tune"]["time_budget_s"])  # trials that still finish in a short budget
+    inherited = {}
+    if getattr(args, "from_sweep", False):
+        best = results["figures"]["sweep"]["best"]["settings"]
+        inherited = {k: v for k, v in best.items() if k not in data["tune"]["space"]}
+        data = dotted(data, inherited)
     data["tune"]["time_budget_s"] = int(args.minutes * 60)
     load = wait_quiet(args)
     run = launch(data, f"quality-sweep-{int(time.time())}", args.storage)
@@ -277,6 +298,7 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
         "command": command(),
         "spec": str(Path(args.spec).relative_to(ROOT)) if Path(args.spec).is_relative_to(ROOT) else args.spec,
         "budget_minutes": args.minutes,
+        "from_sweep": inherited,
         "base": {"model": data["model"], "train": data["train"], "resources": data["tune"]["resources"]},
         "space": data["tune"]["space"],
         "scheduler": data["tune"].get("scheduler"),
@@ -338,9 +360,11 @@ def shakespeare(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, 
     from the headline 30 minutes to ``--minutes``."""
     data = read_spec(args.spec)
     settings, slower = {}, 1.0
-    if args.from_sweep:
+    if args.from_sweep:  # the first sweep's shape and learning rate, then the second's regularization
         found = results["figures"]["sweep"]
         settings = found["best"]["settings"]
+        if "sweep_long" in results["figures"]:
+            settings = {**settings, **results["figures"]["sweep_long"]["best"]["settings"]}
         slower = step_cost(found, data["model"], {**data["model"], **dotted(data, settings)["model"]})
         data = dotted(data, settings)
     t = data["train"]
@@ -348,12 +372,8 @@ def shakespeare(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, 
     if args.gpu:  # one GPU worker with the global batch computes the same steps: the CPU run's config, timed
         t["batch_size"] *= data["cluster"]["workers"]
         data["cluster"].update(workers=1, use_gpu=True, cpus_per_worker=1)
-    # The spec's steps fill HEADLINE_MINUTES of `rnnfarm run` here, about a minute of it start-up and evaluations.
-    scale = max(0.0, args.minutes - 1) / (HEADLINE_MINUTES - 1)
-    if args.minutes != HEADLINE_MINUTES:
-        t["steps"] = max(10, round(t["steps"] * scale))
-        t["eval_every"] = max(5, round(t["eval_every"] * scale))
-        t["warmup_steps"] = min(t["warmup_steps"], t["steps"] // 10)
+    # A shorter budget than the spec needs scales its steps down; about a minute goes to start-up and evaluations.
+    shorten(data, max(0.0, args.minutes - 1) / (SPEC_MINUTES - 1))
     load = wait_quiet(args)
     run = launch(data, f"quality-shakespeare-{int(time.time())}", args.storage)
     load["end"] = load_now()
@@ -633,7 +653,9 @@ def config_line(config: dict[str, Any]) -> str:
     return (
         f"{m['layers']}x{m['hidden']} {m['cell'].upper()}, embedding {m['embedding']}, dropout {m['dropout']:g}; "
         f"{c['workers']} worker(s) x batch {t['batch_size']} x seq_len {t['seq_len']}; "
-        f"{t['optimizer']} lr {t['lr']:g}, "
+        f"{t['optimizer']} lr {t['lr']:g}"
+        + (f" weight decay {t['weight_decay']:g}" if t.get("weight_decay") else "")
+        + ", "
         f"warmup {t['warmup_steps']}, {t['decay']} decay, {t['steps']} steps, eval every {t['eval_every']}, "
         f"precision {t['precision']}"
     )
@@ -664,6 +686,7 @@ def render(results: dict[str, Any]) -> str:
         ("shakespeare", render_shakespeare),
         ("shakespeare_gpu", render_gpu),
         ("sweep", render_sweep),
+        ("sweep_long", render_sweep_long),
         ("placement", render_placement),
         ("ttq", render_ttq),
         ("startup", render_startup),
@@ -682,7 +705,7 @@ def sweep_settings(s: dict[str, Any]) -> str:
     )
     cost = s.get("step_cost", 1.0)
     scaled = f", its steps divided by {cost:g}, the sweep's measured cost of a step of that model" if cost != 1 else ""
-    return f" with the sweep's best settings ({chosen}){scaled}"
+    return f" with the sweeps' best settings ({chosen}){scaled}"
 
 
 def render_shakespeare(s: dict[str, Any], figures: dict[str, Any]) -> list[str]:
@@ -766,16 +789,33 @@ def scheduler_line(scheduler: dict[str, Any] | None) -> str:
 
 
 def render_sweep(s: dict[str, Any], figures: dict[str, Any]) -> list[str]:
-    r = s["base"]["resources"]
+    return sweep_table("The first sweep: shape and learning rate", s)
+
+
+def render_sweep_long(s: dict[str, Any], figures: dict[str, Any]) -> list[str]:
+    return sweep_table("The second sweep: regularization at the run's length", s)
+
+
+def sweep_table(title: str, s: dict[str, Any]) -> list[str]:
+    r, t = s["base"]["resources"], s["base"]["train"]
     keys = list(s["space"])
+    inherited = s.get("from_sweep")
+    start = (
+        "Every trial starts from the first sweep's best settings ("
+        + ", ".join(f"`{k}` = {v:.4g}" if isinstance(v, float) else f"`{k}` = {v}" for k, v in inherited.items())
+        + "). "
+        if inherited
+        else ""
+    )
     out = [
-        f"### The sweep that chose the config ({s['budget_minutes']:g} minutes)",
+        f"### {title} ({s['budget_minutes']:g} minutes)",
         "",
         "```sh",
         s["command"],
         "```",
         "",
-        f"`{s['spec']}`: rnnfarm's own Tune stage, {len(s['trials'])} trials, {r['workers']} worker(s) per trial, "
+        start + f"`{s['spec']}`: rnnfarm's own Tune stage, {len(s['trials'])} trials of up to {t['steps']} steps "
+        f"({t['optimizer']}, batch {t['batch_size']} x {t['seq_len']}), {r['workers']} worker(s) per trial, "
         f"{scheduler_line(s['scheduler'])}, time budget {s['budget_minutes']:g} minutes; "
         f"whole run {minutes(s['wall_s'])}, "
         f"{measured(s)}. Space: " + "; ".join(f"`{k}` {json.dumps(v)}" for k, v in s["space"].items()) + ".",
@@ -930,9 +970,12 @@ FIGURES = ("sweep", "placement", "shakespeare", "ttq", "startup", "corpora")
 def measure(figure: str, args: argparse.Namespace) -> None:
     started, code = time.time(), machine()["commit"]
     print(f"{figure}:", file=sys.stderr)
-    run = {"sweep": sweep, "placement": placement, "ttq": ttq, "startup": startup, "corpora": corpora}
-    value = shakespeare(args, read_results(args.results)) if figure == "shakespeare" else run[figure](args)
-    key = "shakespeare_gpu" if getattr(args, "gpu", False) else figure
+    run = {"placement": placement, "ttq": ttq, "startup": startup, "corpora": corpora}
+    if figure in ("sweep", "sweep-long", "shakespeare"):  # these build on the figures measured before them
+        value = (shakespeare if figure == "shakespeare" else sweep)(args, read_results(args.results))
+    else:
+        value = run[figure](args)
+    key = "shakespeare_gpu" if getattr(args, "gpu", False) else figure.replace("-", "_")
     value["date"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(started))
     value["commit"] = code
     value["bench_s"] = round(time.time() - started)
@@ -956,6 +999,10 @@ def main() -> None:
     p = sub.add_parser("sweep", help="Tune sweep on tiny Shakespeare")
     p.add_argument("--spec", default=str(DEPLOY / "shakespeare-sweep.yaml"))
     p.add_argument("--minutes", type=float, default=25)
+    p = sub.add_parser("sweep-long", help="the second sweep: regularization at the quality run's length")
+    p.add_argument("--spec", default=str(DEPLOY / "shakespeare-sweep-long.yaml"))
+    p.add_argument("--minutes", type=float, default=72)
+    p.add_argument("--from-sweep", action="store_true", help="start from the first sweep's best settings")
     p = sub.add_parser("placement", help="2 workers x 1 thread against 1 worker x 2 threads")
     p.add_argument("--spec", default=str(DEPLOY / "shakespeare-quality.yaml"))
     p.add_argument("--steps", type=int, default=150)
@@ -976,9 +1023,10 @@ def main() -> None:
     p = sub.add_parser("corpora", help="val bits/char of every built-in corpus")
     p.add_argument("--minutes", type=float, default=2)
     p = sub.add_parser("all", help="every figure on short budgets")
-    p.add_argument("--sweep-minutes", type=float, default=5)
+    p.add_argument("--sweep-minutes", type=float, default=4)
+    p.add_argument("--sweep-long-minutes", type=float, default=3)
     p.add_argument("--run-minutes", type=float, default=4)
-    p.add_argument("--corpus-minutes", type=float, default=0.5)
+    p.add_argument("--corpus-minutes", type=float, default=0.4)
     sub.add_parser("render", help="regenerate the BENCHMARKS.md section from the results file")
     args = parser.parse_args()
     args.storage.mkdir(parents=True, exist_ok=True)
@@ -991,7 +1039,12 @@ def main() -> None:
         return
     started = time.time()
     plan = {
-        "sweep": {"spec": str(DEPLOY / "shakespeare-sweep.yaml"), "minutes": args.sweep_minutes},
+        "sweep": {"spec": str(DEPLOY / "shakespeare-sweep.yaml"), "minutes": args.sweep_minutes, "from_sweep": False},
+        "sweep-long": {
+            "spec": str(DEPLOY / "shakespeare-sweep-long.yaml"),
+            "minutes": args.sweep_long_minutes,
+            "from_sweep": True,
+        },
         "placement": {"spec": str(DEPLOY / "shakespeare-quality.yaml"), "steps": 90, "reps": 1},
         "shakespeare": {
             "spec": str(DEPLOY / "shakespeare-quality.yaml"),

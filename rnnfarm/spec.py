@@ -52,8 +52,9 @@ class TrainSpec(Section):
     steps: Positive = 1000
     batch_size: Positive = 32
     seq_len: Positive = 128
-    optimizer: Literal["adam", "rmsprop"] = "adam"
+    optimizer: Literal["adam", "adamw", "rmsprop"] = "adam"
     lr: PositiveFloat = 2e-3
+    # adam, rmsprop: an L2 term in every gradient; adamw: decoupled decay of the weight matrices only
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     grad_clip: PositiveFloat | None = 1.0
     warmup_steps: Annotated[int, Field(ge=0)] = 0

@@ -110,6 +110,13 @@ def lr_factor(step: int, t: TrainSpec) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, t: TrainSpec) -> torch.optim.Optimizer:
+    if t.optimizer == "adamw":  # decay the matrices (embedding, recurrent, head); biases keep their values
+        params = list(model.parameters())
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": t.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=t.lr)
     if t.optimizer == "rmsprop":
         return torch.optim.RMSprop(model.parameters(), lr=t.lr, alpha=0.95, weight_decay=t.weight_decay)
     return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)

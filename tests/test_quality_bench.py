@@ -30,23 +30,43 @@ def results(quality):
 
 
 def test_the_quality_sweep_and_time_to_quality_specs_are_valid_jobs_on_tiny_shakespeare():
-    jobs = {name: spec.load(ROOT / "deploy" / f"shakespeare-{name}.yaml") for name in ("quality", "sweep", "ttq")}
+    names = ("quality", "sweep", "sweep-long", "ttq")
+    jobs = {name: spec.load(ROOT / "deploy" / f"shakespeare-{name}.yaml") for name in names}
     for job in jobs.values():
         assert (job.corpus.name, job.corpus.options, job.corpus.val) == ("shakespeare", {"variant": "tiny"}, 0.1)
-    assert jobs["sweep"].tune is not None and jobs["quality"].tune is None and jobs["ttq"].tune is None
+    assert jobs["sweep"].tune is not None and jobs["sweep-long"].tune is not None
+    assert jobs["quality"].tune is None and jobs["ttq"].tune is None
 
 
-def test_a_sweep_trial_computes_the_steps_of_the_quality_run(quality):
+@pytest.mark.parametrize("name", ["sweep", "sweep-long"])
+def test_a_sweep_trial_computes_the_steps_of_the_quality_run(quality, name):
     """One worker with the sweep's batch reads what the quality run's workers read together (data.py)."""
-    sweep = spec.load(quality.DEPLOY / "shakespeare-sweep.yaml")
+    sweep = spec.load(quality.DEPLOY / f"shakespeare-{name}.yaml")
     run = spec.load(quality.DEPLOY / "shakespeare-quality.yaml")
     assert sweep.tune.resources.workers * sweep.train.batch_size == run.cluster.workers * run.train.batch_size
     assert sweep.train.seq_len == run.train.seq_len
 
 
+def test_the_second_sweep_trains_for_the_quality_runs_whole_schedule(quality):
+    """Its trials end where the run ends, so the dropout and weight decay it picks suit the run's length."""
+    sweep = spec.load(quality.DEPLOY / "shakespeare-sweep-long.yaml")
+    run = spec.load(quality.DEPLOY / "shakespeare-quality.yaml")
+    same = ("steps", "optimizer", "warmup_steps", "decay", "min_lr_ratio", "grad_clip", "precision")
+    assert {k: getattr(sweep.train, k) for k in same} == {k: getattr(run.train, k) for k in same}
+    assert sweep.tune.scheduler.kind == "none"
+
+
 def test_every_figure_records_its_command_date_and_the_load_at_its_start_and_end(results):
     assert results["machine"]["cores"] and results["machine"]["torch"] and results["machine"]["ray"]
-    assert set(results["figures"]) == {"sweep", "placement", "shakespeare", "ttq", "startup", "corpora"}
+    assert set(results["figures"]) == {
+        "sweep",
+        "sweep_long",
+        "placement",
+        "shakespeare",
+        "ttq",
+        "startup",
+        "corpora",
+    }
     for figure in results["figures"].values():
         assert figure["command"].startswith(".venv/bin/python bench/quality.py ")
         assert figure["date"] and figure["bench_s"] > 0

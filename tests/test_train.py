@@ -7,10 +7,12 @@ import torch
 
 from rnnfarm import checkpoint
 from rnnfarm.errors import UserError
+from rnnfarm.model import CharRNN
 from rnnfarm.runs import Run
 from rnnfarm.sample import sample
+from rnnfarm.spec import ModelSpec, TrainSpec
 from rnnfarm.storage import Store
-from rnnfarm.train import Job, LocalSession, train
+from rnnfarm.train import Job, LocalSession, make_optimizer, train
 
 from .conftest import make_spec
 
@@ -125,3 +127,15 @@ def test_the_test_split_is_evaluated_like_the_val_split(shakespeare, tmp_path):
     assert evaluate_split(job, folder, "val") == pytest.approx(metrics["val_loss"], abs=1e-6)
     test_loss = evaluate_split(job, folder, "test")
     assert 0.5 * metrics["val_loss"] < test_loss < 4.17 and test_loss != metrics["val_loss"]
+
+
+def test_adamw_decays_the_weight_matrices_and_leaves_the_biases_alone():
+    model = CharRNN(65, ModelSpec(layers=2, hidden=16, embedding=8))
+    optimizer = make_optimizer(model, TrainSpec(optimizer="adamw", lr=0.1, weight_decay=0.5))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # no gradient: only the decay moves a weight
+    optimizer.step()
+    for name, p in model.named_parameters():
+        expected = before[name] * (1 - 0.1 * 0.5) if p.dim() >= 2 else before[name]
+        torch.testing.assert_close(p.detach(), expected, msg=name)
