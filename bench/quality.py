@@ -44,7 +44,7 @@ RESULTS = ROOT / "bench" / "results" / "quality.json"
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 HEADING = "## Quality and time to quality"
 HEADLINE_MINUTES = 30  # the quality run's budget
-SPEC_MINUTES = 20  # deploy/shakespeare-quality.yaml's steps take about this many minutes of `rnnfarm run` here
+SPEC_MINUTES = 20  # deploy/shakespeare-quality.yaml's steps fit in this many minutes of `rnnfarm run` here
 THRESHOLD = 1.89  # nats/char: nanoGPT's README reports 1.88 after about 3 minutes of its CPU recipe
 LN2 = math.log(2)
 
