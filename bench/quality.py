@@ -697,12 +697,19 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def value_text(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def settings_text(settings: dict[str, Any]) -> str:
+    """Dotted settings as Markdown: `model.hidden` = 512, `train.lr` = 0.004125."""
+    return ", ".join(f"`{k}` = {value_text(v)}" for k, v in settings.items())
+
+
 def sweep_settings(s: dict[str, Any]) -> str:
     if not s.get("from_sweep"):
         return ""
-    chosen = ", ".join(
-        f"`{k}` = {v:.4g}" if isinstance(v, float) else f"`{k}` = {v}" for k, v in s["from_sweep"].items()
-    )
+    chosen = settings_text(s["from_sweep"])
     cost = s.get("step_cost", 1.0)
     scaled = f", its steps divided by {cost:g}, the sweep's measured cost of a step of that model" if cost != 1 else ""
     return f" with the sweeps' best settings ({chosen}){scaled}"
@@ -797,15 +804,11 @@ def render_sweep_long(s: dict[str, Any], figures: dict[str, Any]) -> list[str]:
 
 
 def sweep_table(title: str, s: dict[str, Any]) -> list[str]:
-    r, t = s["base"]["resources"], s["base"]["train"]
+    r, train = s["base"]["resources"], s["base"]["train"]
     keys = list(s["space"])
     inherited = s.get("from_sweep")
     start = (
-        "Every trial starts from the first sweep's best settings ("
-        + ", ".join(f"`{k}` = {v:.4g}" if isinstance(v, float) else f"`{k}` = {v}" for k, v in inherited.items())
-        + "). "
-        if inherited
-        else ""
+        f"Every trial starts from the first sweep's best settings ({settings_text(inherited)}). " if inherited else ""
     )
     out = [
         f"### {title} ({s['budget_minutes']:g} minutes)",
@@ -814,8 +817,9 @@ def sweep_table(title: str, s: dict[str, Any]) -> list[str]:
         s["command"],
         "```",
         "",
-        start + f"`{s['spec']}`: rnnfarm's own Tune stage, {len(s['trials'])} trials of up to {t['steps']} steps "
-        f"({t['optimizer']}, batch {t['batch_size']} x {t['seq_len']}), {r['workers']} worker(s) per trial, "
+        start + f"`{s['spec']}`: rnnfarm's own Tune stage, {len(s['trials'])} trials of up to {train['steps']} steps "
+        f"({train['optimizer']}, batch {train['batch_size']} x {train['seq_len']}), "
+        f"{r['workers']} worker(s) per trial, "
         f"{scheduler_line(s['scheduler'])}, time budget {s['budget_minutes']:g} minutes; "
         f"whole run {minutes(s['wall_s'])}, "
         f"{measured(s)}. Space: " + "; ".join(f"`{k}` {json.dumps(v)}" for k, v in s["space"].items()) + ".",
@@ -824,23 +828,12 @@ def sweep_table(title: str, s: dict[str, Any]) -> list[str]:
         "|---|---|" + "---:|" * len(keys) + "---:|---:|---:|---:|",
     ]
     for t in s["trials"]:
-        values = " | ".join(
-            f"{t['settings'].get(k):.4g}" if isinstance(t["settings"].get(k), float) else str(t["settings"].get(k))
-            for k in keys
-        )
+        values = " | ".join(value_text(t["settings"].get(k)) for k in keys)
         out.append(
             f"| {t['trial']} | {t['status']} | {values} | {fmt(t['best_val_loss'], 4)} | {t['steps']} "
             f"| {minutes(t['train_s'])} | {t['chars_per_s'] or '-':,} |"
         )
-    out += [
-        "",
-        f"Best: {s['best']['trial']}, "
-        + ", ".join(
-            f"`{k}` = {v:.4g}" if isinstance(v, float) else f"`{k}` = {v}" for k, v in s["best"]["settings"].items()
-        )
-        + ".",
-        "",
-    ]
+    out += ["", f"Best: {s['best']['trial']}, {settings_text(s['best']['settings'])}.", ""]
     return out
 
 
@@ -964,17 +957,13 @@ def render_corpora(s: dict[str, Any], figures: dict[str, Any]) -> list[str]:
 
 # --- command line ---------------------------------------------------------------------------------------------------
 
-FIGURES = ("sweep", "placement", "shakespeare", "ttq", "startup", "corpora")
-
 
 def measure(figure: str, args: argparse.Namespace) -> None:
     started, code = time.time(), machine()["commit"]
     print(f"{figure}:", file=sys.stderr)
-    run = {"placement": placement, "ttq": ttq, "startup": startup, "corpora": corpora}
-    if figure in ("sweep", "sweep-long", "shakespeare"):  # these build on the figures measured before them
-        value = (shakespeare if figure == "shakespeare" else sweep)(args, read_results(args.results))
-    else:
-        value = run[figure](args)
+    alone = {"placement": placement, "ttq": ttq, "startup": startup, "corpora": corpora}
+    built_on = {"sweep": sweep, "sweep-long": sweep, "shakespeare": shakespeare}  # read the figures before them
+    value = built_on[figure](args, read_results(args.results)) if figure in built_on else alone[figure](args)
     key = "shakespeare_gpu" if getattr(args, "gpu", False) else figure.replace("-", "_")
     value["date"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(started))
     value["commit"] = code
