@@ -25,7 +25,7 @@ test: setup
 	$(BIN)/python -m pytest
 
 s3-server: setup
-	$(BIN)/python -m rnnfarm.s3local
+	$(BIN)/python -m tests.s3local
 
 clean:
 	rm -rf $(VENV) rnnfarm-data rnnfarm-s3 .pytest_cache

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from rnnfarm import log, spec
 from rnnfarm.corpus.build import build
+from rnnfarm.engine.loop import Job, LocalSession, train
 from rnnfarm.storage import Store
-from rnnfarm.train import Job, LocalSession, train
 
 
 def run(args: argparse.Namespace, built, precision: str) -> list[dict]:

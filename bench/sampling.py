@@ -19,11 +19,11 @@ import time
 
 import torch
 
-from rnnfarm import viz
-from rnnfarm.model import CharRNN
-from rnnfarm.sample import characters
+from rnnfarm.corpus.vocab import Vocab
+from rnnfarm.engine.model import CharRNN
+from rnnfarm.insight import viz
+from rnnfarm.insight.sample import characters
 from rnnfarm.spec import ModelSpec
-from rnnfarm.vocab import Vocab
 
 # 65 symbols, as many as tiny Shakespeare has.
 VOCAB = Vocab(("\n", *(chr(c) for c in range(32, 96))))

@@ -17,7 +17,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from rnnfarm import jobs, log, spec
+from rnnfarm import log, spec
+from rnnfarm.launch import pipeline
 
 
 def chars_per_s(args: argparse.Namespace, workers: int, name: str) -> float:
@@ -39,7 +40,7 @@ def chars_per_s(args: argparse.Namespace, workers: int, name: str) -> float:
         }
     )
     try:
-        outcome = jobs.run(job)
+        outcome = pipeline.run(job)
         trial = outcome.run.trial()
         return (trial / "metrics" / f"step-{args.steps:06d}.json").read_json()["chars_per_s"]
     finally:
@@ -58,7 +59,7 @@ def main() -> None:
     parser.add_argument("--storage", default="./rnnfarm-data")
     args = parser.parse_args()
     log.configure("json", level=40)
-    jobs.start_local_ray(num_cpus=2)
+    pipeline.start_local_ray(num_cpus=2)
 
     figures: dict[int, list[float]] = {1: [], 2: []}
     for rep in range(args.reps):

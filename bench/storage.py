@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,9 +26,11 @@ from pathlib import Path
 import pyarrow.fs
 import s3fs
 
-from rnnfarm import s3local
-from rnnfarm.pull import pull
+from rnnfarm.runs.pull import pull
 from rnnfarm.storage import Store
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the development S3 server lives with the tests
+from tests import s3local  # noqa: E402
 
 BUCKET = "bench"
 # The checkpoint of deploy/local.yaml's model (2x256 LSTM, 64-dim embedding, 65 symbols): 0.9 M parameters.

@@ -31,10 +31,10 @@ from torch import nn
 
 from rnnfarm import log, spec
 from rnnfarm.corpus.build import build
-from rnnfarm.data import load_tokens
+from rnnfarm.corpus.vocab import Vocab
+from rnnfarm.engine.loop import Job, LocalSession, autocast_dtype, train
+from rnnfarm.engine.streams import load_tokens
 from rnnfarm.storage import Store
-from rnnfarm.train import Job, LocalSession, autocast_dtype, train
-from rnnfarm.vocab import Vocab
 
 SEED, LR = 1337, 2e-3  # both loops start from the same weights and take the same steps
 

@@ -53,8 +53,9 @@ def run(spec_file: str, name: str | None, address: str | None, no_wait: bool, en
     With a cluster address the job is submitted to that Ray cluster and its logs follow here; Ctrl-C
     detaches (the job goes on), and the exit code is the job's: 0 when it succeeded.
     """
-    from . import jobs, progress, spec, submit
-    from .runs import Run
+    from . import spec
+    from .launch import pipeline, progress, submit
+    from .runs.record import Run
     from .storage import Store
 
     if env_file:
@@ -70,7 +71,7 @@ def run(spec_file: str, name: str | None, address: str | None, no_wait: bool, en
     the_run = Run(Store.at(job_spec.storage, job_spec.storage_options) / "runs" / (name or job_spec.name))
     try:
         with progress.follow(the_run, job_spec):
-            outcome = jobs.run(job_spec, name)
+            outcome = pipeline.run(job_spec, name)
     except TrainingFailed as exc:
         click.echo(f"error: {scrub(str(exc))}", err=True)
         sys.exit(1)
@@ -79,7 +80,7 @@ def run(spec_file: str, name: str | None, address: str | None, no_wait: bool, en
 
 def submit_and_follow(job_spec, name: str | None, no_wait: bool) -> int:
     """Submit; then follow the job's logs to its end, or return at once. The exit code follows the job."""
-    from . import submit
+    from .launch import submit
 
     submitted = submit.submit(job_spec, name)
     job, address = submitted.job_id, submitted.cluster.address
@@ -100,7 +101,7 @@ def submit_and_follow(job_spec, name: str | None, no_wait: bool) -> int:
 
 def report_end(info, run_url: str | None = None) -> int:
     """One line on how a job ended (and where its results are); returns the exit code it calls for."""
-    from . import submit
+    from .launch import submit
 
     code, job = submit.exit_code(info), info.submission_id
     if code == 0:
@@ -114,7 +115,7 @@ def report_end(info, run_url: str | None = None) -> int:
 
 
 def print_outcome(outcome) -> None:
-    from .leaderboard import format_table
+    from .runs.leaderboard import format_table
 
     best, run = outcome.best, outcome.run
     click.echo(f"\nrun {run.name}: {outcome.record['status']}")
@@ -148,8 +149,8 @@ def print_outcome(outcome) -> None:
 @_guarded
 def samples(run_url: str, trial: str | None, step: int | None, temperature: float | None) -> None:
     """Show how a trial's samples evolved while it trained (RUN_URL: a run folder or URL)."""
-    from . import archive
-    from .runs import Run
+    from .runs import archive
+    from .runs.record import Run
     from .storage import Store
 
     run = Run(Store.at(run_url))
@@ -199,7 +200,7 @@ def sample(
     trial; local or remote."""
     import torch
 
-    from .sample import characters, check, load
+    from .insight.sample import characters, check, load
 
     check(prime, temperature)
     model, vocab, _ = load(target, trial=trial)
@@ -264,8 +265,8 @@ def viz_neurons(
 ) -> None:
     """An HTML page colouring each character of a text by cell activations of the checkpoint TARGET
     (a checkpoint folder, a run's best, or --trial), with the cells ranked by the text features they track."""
-    from . import viz as views
-    from .sample import load
+    from .insight import viz as views
+    from .insight.sample import load
 
     views.check_choice(layer, cell, top)
     text, total = views.read_text(text_file, max_chars)
@@ -283,8 +284,8 @@ def viz_neurons(
 def viz_predictions(target: str, text_file: str, max_chars: int, trial: str | None, out: str) -> None:
     """An HTML page showing, for each character of a text, the probability the checkpoint TARGET gave it
     (as its colour) and its top 5 guesses for the next character."""
-    from . import viz as views
-    from .sample import load
+    from .insight import viz as views
+    from .insight.sample import load
 
     text, total = views.read_text(text_file, max_chars)
     model, vocab, meta = load(target, trial=trial)
@@ -301,9 +302,9 @@ def viz_predictions(target: str, text_file: str, max_chars: int, trial: str | No
 def report(run_url: str, out: str | None, text_file: str | None) -> None:
     """Write a run's HTML report (leaderboard, loss curves, samples, neuron and prediction pages) into the run
     folder at RUN_URL, or into --out."""
-    from . import report as reports
-    from . import viz as views
-    from .runs import Run
+    from .insight import report as reports
+    from .insight import viz as views
+    from .runs.record import Run
     from .storage import Store
 
     text = views.read_text(text_file, reports.TEXT_CHARS)[0] if text_file else None
@@ -334,7 +335,7 @@ def _loss(value: float | None) -> str:
 @_guarded
 def pull(run_url: str, dest: str | None, want_best: bool, want_samples: bool, trial: str | None) -> None:
     """Download a run's best checkpoint and sample archives from RUN_URL, checksums verified."""
-    from .pull import pull as fetch
+    from .runs.pull import pull as fetch
 
     both = not want_best and not want_samples
     pulled = fetch(run_url, dest, best=want_best or both, samples=want_samples or both, trial=trial)
@@ -361,7 +362,7 @@ def runs_list(storage_url: str, as_json: bool) -> None:
     """The runs under STORAGE_URL: status, best val loss, trials, start and end times."""
     import json
 
-    from .runs import list_runs
+    from .runs.record import list_runs
     from .storage import Store
 
     found = list_runs(Store.at(storage_url))
@@ -388,7 +389,7 @@ def runs_show(run_url: str, as_json: bool) -> None:
     """One run at RUN_URL: status, times, corpus, best checkpoint, and each trial's progress."""
     import json
 
-    from .runs import Run
+    from .runs.record import Run
     from .storage import Store
 
     run = Run(Store.at(run_url)).describe()
@@ -442,9 +443,9 @@ def corpus() -> None:
 @_guarded
 def corpus_list() -> None:
     """The installed corpus plugins: name, version, distribution, description."""
-    from .corpus import report
+    from .corpus import describe
 
-    click.echo("\n".join(report.corpora()))
+    click.echo("\n".join(describe.corpora()))
 
 
 @corpus.command("build")
@@ -461,7 +462,7 @@ def corpus_build(
 ) -> None:
     """Build corpus NAME into <storage>/corpora/NAME/<fingerprint>/ (skipped when already built)."""
     from . import spec
-    from .corpus import report
+    from .corpus import describe
     from .corpus.build import build
     from .storage import Store
 
@@ -479,7 +480,7 @@ def corpus_build(
         "command line",
     ).corpus
     built = build(Store.at(storage, _assignments(storage_option, "-s")), corpus_spec)
-    click.echo("\n".join(report.summary(built.folder, built.manifest, built.skipped)))
+    click.echo("\n".join(describe.summary(built.folder, built.manifest, built.skipped)))
 
 
 @corpus.command("show")
@@ -488,10 +489,10 @@ def corpus_build(
 @_guarded
 def corpus_show(url: str, storage_option: tuple) -> None:
     """Show a built corpus: splits, vocabulary with counts, source checksums, policy, fingerprint."""
-    from .corpus import report
+    from .corpus import describe
     from .storage import Store
 
-    click.echo("\n".join(report.show(Store.at(url, _assignments(storage_option, "-s")))))
+    click.echo("\n".join(describe.show(Store.at(url, _assignments(storage_option, "-s")))))
 
 
 @cli.group()
@@ -503,7 +504,8 @@ def jobs() -> None:
 
 
 def _cluster(address: str | None, spec_file: str | None):
-    from . import spec, submit
+    from . import spec
+    from .launch import submit
 
     job_spec = spec.load(spec_file) if spec_file else None
     chosen = submit.resolve_address(job_spec.cluster.address if job_spec else "local", address)
@@ -522,7 +524,7 @@ def _cluster_options(fn: Callable) -> Callable:
 @_guarded
 def jobs_list(address: str | None, spec_file: str | None) -> None:
     """rnnfarm's jobs on the cluster: id, status, run, start."""
-    from . import submit
+    from .launch import submit
 
     found = [submit.summary(info) for info in _cluster(address, spec_file).jobs()]
     if not found:
@@ -542,7 +544,7 @@ def jobs_status(job_id: str, address: str | None, spec_file: str | None, as_json
     """The status of job JOB_ID: running, succeeded, failed or stopped, and why."""
     import json
 
-    from . import submit
+    from .launch import submit
 
     shown = submit.summary(_cluster(address, spec_file).info(job_id))
     if as_json:

@@ -16,7 +16,7 @@ def ray_local():
     """A real local Ray instance (2 CPUs), shared by every test that trains through Ray."""
     import ray
 
-    from rnnfarm.jobs import start_local_ray
+    from rnnfarm.launch.pipeline import start_local_ray
 
     start_local_ray(num_cpus=2)
     yield ray
@@ -49,7 +49,7 @@ def shakespeare(tmp_path_factory):
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
     """A real S3 server (SeaweedFS) on 127.0.0.1 with generated credentials and one bucket, ``rnnfarm-test``."""
-    from rnnfarm import s3local
+    from tests import s3local
 
     server = s3local.start(tmp_path_factory.mktemp("s3"))
     server.create_bucket("rnnfarm-test")
@@ -60,8 +60,8 @@ def s3(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_checkpoint(shakespeare, tmp_path_factory):
     """A 2x32 LSTM trained in-process for 40 steps on tiny Shakespeare: its last checkpoint folder."""
-    from rnnfarm.runs import Run
-    from rnnfarm.train import Job, LocalSession, train
+    from rnnfarm.engine.loop import Job, LocalSession, train
+    from rnnfarm.runs.record import Run
 
     root = tmp_path_factory.mktemp("trained")
     job = make_spec(str(root / "storage"), model={"layers": 2}, train={"steps": 40, "eval_every": 20})

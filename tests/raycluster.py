@@ -25,8 +25,8 @@ from pathlib import Path
 
 import requests
 
-from rnnfarm.s3local import free_ports
-from rnnfarm.submit import exact_address
+from rnnfarm.launch.submit import exact_address
+from tests.s3local import free_ports
 
 HEAD_IP, WORKER_IP, DASHBOARD_HOST = "127.0.0.2", "127.0.0.3", "127.0.0.1"
 # Inherited settings that would point the nodes at another Ray (an embedded one in the test process).

@@ -16,9 +16,9 @@ from rnnfarm.corpus import Source, shards
 from rnnfarm.corpus.build import build
 from rnnfarm.corpus.normalize import Normalizer, Policy
 from rnnfarm.corpus.sources import cache_dir, fetch
+from rnnfarm.corpus.vocab import Vocab
 from rnnfarm.errors import UserError
 from rnnfarm.storage import Store
-from rnnfarm.vocab import Vocab
 from rnnfarm_plugins import latex
 from rnnfarm_plugins.shakespeare import TINY_SHA256
 
@@ -225,9 +225,9 @@ def test_a_files_corpus_from_memory_storage(tmp_path):
 
 
 def test_a_byte_level_corpus_trains_and_samples_text(tmp_path):
-    from rnnfarm.runs import Run
-    from rnnfarm.sample import sample
-    from rnnfarm.train import Job, LocalSession, train
+    from rnnfarm.engine.loop import Job, LocalSession, train
+    from rnnfarm.insight.sample import sample
+    from rnnfarm.runs.record import Run
 
     chemobabel = {"url": f"{latex.DEBIAN_ROOT}/latex/chemobabel", "include": ["*.tex*"], "split": "position"}
     job = make_spec(  # the package's documentation and examples, in English and Japanese

@@ -18,13 +18,14 @@ import s3fs
 import yaml
 from click.testing import CliRunner
 
-from rnnfarm import leaderboard, spec
+from rnnfarm import spec
 from rnnfarm.cli import cli
 from rnnfarm.errors import UserError
-from rnnfarm.runs import Run
-from rnnfarm.s3local import free_ports
+from rnnfarm.launch.submit import Cluster
+from rnnfarm.runs import leaderboard
+from rnnfarm.runs.record import Run
 from rnnfarm.storage import Store
-from rnnfarm.submit import Cluster
+from tests.s3local import free_ports
 
 from . import raycluster
 from .conftest import make_spec
@@ -256,7 +257,7 @@ def test_a_folder_on_this_machine_is_refused_as_a_cluster_jobs_storage(tmp_path,
 
 
 def test_the_address_comes_from_the_flag_then_ray_address_then_the_spec(tmp_path, monkeypatch):
-    from rnnfarm.submit import resolve_address
+    from rnnfarm.launch.submit import resolve_address
 
     monkeypatch.setenv("RAY_ADDRESS", "http://head:8265/")
     assert resolve_address("local", "auto") == "auto"

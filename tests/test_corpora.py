@@ -20,8 +20,8 @@ import pytest
 from rnnfarm.corpus import registry, shards
 from rnnfarm.corpus.build import build
 from rnnfarm.corpus.sources import cache_dir
+from rnnfarm.corpus.vocab import Vocab
 from rnnfarm.storage import Store
-from rnnfarm.vocab import Vocab
 from rnnfarm_plugins import latex, linux, wikipedia
 
 from .conftest import make_spec

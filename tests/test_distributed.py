@@ -18,10 +18,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rnnfarm import jobs
-from rnnfarm.runs import Run
+from rnnfarm.engine.loop import Job, LocalSession, train
+from rnnfarm.launch import pipeline
+from rnnfarm.runs.record import Run
 from rnnfarm.storage import Store
-from rnnfarm.train import Job, LocalSession, train
 
 from .conftest import make_spec
 
@@ -56,7 +56,7 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
 
 def test_two_workers_with_batch_b_reach_the_weights_of_one_worker_with_batch_2b(ray_local, shakespeare, tmp_path):
     steps = {"steps": 5, "eval_every": 5}
-    outcome = jobs.run(spec_for(tmp_path / "ray", workers=2, batch=8, **steps))
+    outcome = pipeline.run(spec_for(tmp_path / "ray", workers=2, batch=8, **steps))
     assert outcome.record["status"] == "completed"
     two_workers = weights(Path(outcome.run.trial().url) / "checkpoint-000005")
 
@@ -137,11 +137,11 @@ def test_a_killed_worker_costs_at_most_one_checkpoint_interval(ray_local, shakes
     killer = Killer(trial, f"checkpoint-{interval:06d}", workers=2)
     killer.start()
     if max_failures == 0:
-        with pytest.raises(jobs.TrainingFailed) as failed:
-            jobs.run(job_spec)
+        with pytest.raises(pipeline.TrainingFailed) as failed:
+            pipeline.run(job_spec)
         assert "health check failed" in str(failed.value)  # the reason names the worker that died
         assert json.loads((trial.parent.parent / "run.json").read_text())["status"] == "failed"
-    outcome = jobs.run(job_spec)  # with max_failures 0: `rnnfarm run` again, the same spec and name
+    outcome = pipeline.run(job_spec)  # with max_failures 0: `rnnfarm run` again, the same spec and name
     killer.join()
     if killer.error:
         raise killer.error
@@ -169,7 +169,7 @@ def test_a_killed_worker_costs_at_most_one_checkpoint_interval(ray_local, shakes
 def test_ray_keeps_the_best_checkpoints_by_val_loss_and_the_latest(ray_local, tmp_path):
     # A learning rate warmed up to 1.0 makes the model worse after the first evaluation.
     options = {"steps": 30, "eval_every": 10, "keep_best": 1, "lr": 1.0, "warmup_steps": 29, "grad_clip": None}
-    outcome = jobs.run(make_spec(str(tmp_path), train=options))
+    outcome = pipeline.run(make_spec(str(tmp_path), train=options))
     trial = Path(outcome.run.trial().url)
     val = {m["step"]: m["val_loss"] for m in (json.loads(p.read_text()) for p in (trial / "metrics").iterdir())}
     assert min(val, key=val.get) == 10 and val[30] > val[10]

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rnnfarm.data import Layout, Streams
-from rnnfarm.model import CharRNN
+from rnnfarm.engine.loop import lr_factor
+from rnnfarm.engine.model import CharRNN
+from rnnfarm.engine.streams import Layout, Streams
 from rnnfarm.spec import ModelSpec, TrainSpec
-from rnnfarm.train import lr_factor
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])

@@ -9,10 +9,11 @@ import re
 
 import structlog
 
-from rnnfarm import log, progress
-from rnnfarm.runs import Run
+from rnnfarm import log
+from rnnfarm.engine.loop import Job, LocalSession, train
+from rnnfarm.launch import progress
+from rnnfarm.runs.record import Run
 from rnnfarm.storage import Store
-from rnnfarm.train import Job, LocalSession, train
 
 from .conftest import make_spec
 

@@ -34,17 +34,18 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from rnnfarm import leaderboard, s3local
 from rnnfarm.cli import cli
 from rnnfarm.corpus import hookimpl, registry, shards
 from rnnfarm.corpus.build import build
 from rnnfarm.corpus.sources import cache_dir
+from rnnfarm.engine.loop import Job, LocalSession, train
 from rnnfarm.errors import UserError
-from rnnfarm.runs import Run
+from rnnfarm.runs import leaderboard
+from rnnfarm.runs.record import Run
 from rnnfarm.storage import Store
-from rnnfarm.train import Job, LocalSession, train
 from rnnfarm_plugins import latex
 from rnnfarm_plugins.shakespeare import TINY_SHA256, Shakespeare
+from tests import s3local
 
 from .conftest import make_spec
 

@@ -11,9 +11,10 @@ import s3fs
 import yaml
 from click.testing import CliRunner
 
-from rnnfarm import archive, leaderboard, report
 from rnnfarm.cli import cli
 from rnnfarm.corpus import shards
+from rnnfarm.insight import report
+from rnnfarm.runs import archive, leaderboard
 from rnnfarm.storage import Store
 
 from .browser import render

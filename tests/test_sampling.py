@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from rnnfarm.cli import cli
-from rnnfarm.sample import characters, load
+from rnnfarm.insight.sample import characters, load
 
 
 def sample(checkpoint, *args: str):

@@ -13,8 +13,8 @@ from rnnfarm.cli import cli
 from rnnfarm.corpus import shards
 from rnnfarm.corpus.build import build
 from rnnfarm.errors import UserError
-from rnnfarm.s3local import free_ports
 from rnnfarm.storage import Store, resolve_options
+from tests.s3local import free_ports
 
 from .conftest import make_spec
 
@@ -124,7 +124,7 @@ def test_log_lines_carry_no_credentials():
 
 
 def test_the_spec_echoed_into_a_run_has_its_credentials_masked(tmp_path):
-    from rnnfarm.runs import Run
+    from rnnfarm.runs.record import Run
 
     job = make_spec(str(tmp_path), storage_options={"key": "AKIDEXAMPLE1", "secret": "wJalrXUtnFEMI-example"})
     run = Run(Store.at(str(tmp_path)) / "runs" / "t")
@@ -183,7 +183,7 @@ def test_a_missing_run_is_one_line(s3_env):
 
 def test_the_local_s3_deploy_spec_runs_the_same_job_as_the_local_one():
     from rnnfarm import spec
-    from rnnfarm.runs import comparable
+    from rnnfarm.runs.record import comparable
 
     local, on_s3 = spec.load("deploy/local.yaml"), spec.load("deploy/local-s3.yaml")
     assert on_s3.storage.startswith("s3://") and on_s3.cluster == local.cluster

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rnnfarm import checkpoint
+from rnnfarm.engine import checkpoint
+from rnnfarm.engine.loop import Job, LocalSession, make_optimizer, train
+from rnnfarm.engine.model import CharRNN
 from rnnfarm.errors import UserError
-from rnnfarm.model import CharRNN
-from rnnfarm.runs import Run
-from rnnfarm.sample import sample
+from rnnfarm.insight.sample import sample
+from rnnfarm.runs.record import Run
 from rnnfarm.spec import ModelSpec, TrainSpec
 from rnnfarm.storage import Store
-from rnnfarm.train import Job, LocalSession, make_optimizer, train
 
 from .conftest import make_spec
 
@@ -115,7 +115,7 @@ def test_resuming_after_a_stop_continues_bitwise_like_a_run_that_never_stopped(s
 
 def test_the_test_split_is_evaluated_like_the_val_split(shakespeare, tmp_path):
     from rnnfarm.corpus.build import build
-    from rnnfarm.train import evaluate_split
+    from rnnfarm.engine.loop import evaluate_split
 
     job_spec = make_spec(str(tmp_path / "storage"), corpus={"val": 0.05, "test": 0.05})
     built = build(Store.at(job_spec.storage), job_spec.corpus)

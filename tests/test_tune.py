@@ -15,9 +15,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from rnnfarm import archive, leaderboard, spec
+from rnnfarm import spec
 from rnnfarm.cli import cli
 from rnnfarm.errors import UserError
+from rnnfarm.runs import archive, leaderboard
 from rnnfarm.storage import Store
 
 from .conftest import make_spec

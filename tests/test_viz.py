@@ -9,11 +9,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from rnnfarm import checkpoint, viz
 from rnnfarm.cli import cli
 from rnnfarm.corpus import shards
+from rnnfarm.engine import checkpoint
+from rnnfarm.engine.model import CharRNN
 from rnnfarm.errors import UserError
-from rnnfarm.model import CharRNN
+from rnnfarm.insight import viz
 from rnnfarm.spec import ModelSpec
 
 from .browser import render

@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import UserError
-from ..vocab import Vocab
+from .vocab import Vocab
 
 # C0 and C1 controls, DEL; tab and newline are kept. As bytes: C0 and DEL are single bytes in UTF-8
 # (never inside a multi-byte sequence); a C1 control is \xc2 followed by \x80..\x9f.

@@ -24,9 +24,9 @@ import pyarrow as pa
 
 from ..errors import UserError
 from ..storage import Store, is_local
-from ..vocab import Vocab
 from .normalize import Tally
 from .sources import cache_dir
+from .vocab import Vocab
 
 MANIFEST = "manifest.json"
 FORMAT = 2

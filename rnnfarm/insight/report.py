@@ -12,13 +12,15 @@ import statistics
 from html import escape
 from typing import Any
 
-from . import archive, leaderboard, log, pages, viz
-from .corpus import shards
-from .errors import UserError
-from .runs import Run
+from .. import log
+from ..corpus import shards
+from ..corpus.vocab import Vocab
+from ..errors import UserError
+from ..runs import archive, leaderboard
+from ..runs.record import Run
+from ..storage import Store
+from . import pages, viz
 from .sample import load
-from .storage import Store
-from .vocab import Vocab
 
 REPORT, FOLDER = "report.html", "report"
 NEURONS, PREDICTIONS = f"{FOLDER}/neurons.html", f"{FOLDER}/predictions.html"

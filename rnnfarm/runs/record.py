@@ -18,10 +18,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from . import archive, checkpoint, redact
-from .errors import UserError
-from .spec import JobSpec, dump
-from .storage import Store, sha256_bytes
+from .. import redact
+from ..engine import checkpoint
+from ..errors import UserError
+from ..spec import JobSpec, dump
+from ..storage import Store, sha256_bytes
+from . import archive
 
 SINGLE_TRIAL = "main"
 SUMS = "SHA256SUMS"

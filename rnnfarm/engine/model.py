@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from .spec import ModelSpec
+from ..spec import ModelSpec
 
 State = Tensor | tuple[Tensor, Tensor]
 

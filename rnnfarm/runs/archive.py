@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .storage import Store
+from ..storage import Store
 
 JSONL, TEXT = "samples.jsonl", "samples.txt"
 

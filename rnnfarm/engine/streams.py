@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .corpus import shards
-from .errors import UserError
-from .storage import Store
-from .vocab import Vocab
+from ..corpus import shards
+from ..corpus.vocab import Vocab
+from ..errors import UserError
+from ..storage import Store
 
 
 def load_tokens(folder: Store, manifest: dict[str, Any], split: str, start: int, stop: int, vocab: Vocab) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 Level = Literal["char", "byte"]
 

@@ -8,15 +8,17 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from . import archive, leaderboard, log, report
-from .corpus.build import build, plugin
-from .errors import TrainingFailed, UserError
-from .leaderboard import TrialEnd
-from .runs import SINGLE_TRIAL, Run
-from .spec import JobSpec, run_name
-from .storage import Store
-from .train import Job, evaluate_split
-from .vocab import Vocab
+from .. import log
+from ..corpus.build import build, plugin
+from ..corpus.vocab import Vocab
+from ..engine.loop import Job, evaluate_split
+from ..errors import TrainingFailed, UserError
+from ..insight import report
+from ..runs import archive, leaderboard
+from ..runs.leaderboard import TrialEnd
+from ..runs.record import SINGLE_TRIAL, Run
+from ..spec import JobSpec, run_name
+from ..storage import Store
 
 # Defaults for an embedded Ray (the environment overrides each).
 LOCAL_RAY_ENV = {
@@ -114,7 +116,7 @@ def join_cluster(spec: JobSpec) -> None:
         nodes=len([n for n in ray.nodes() if n["Alive"]]),
         cpus=resources.get("CPU", 0),
         gpus=resources.get("GPU", 0),
-        code=os.path.dirname(os.path.abspath(__file__)),  # where this rnnfarm's code comes from
+        code=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),  # where this rnnfarm's code comes from
     )
 
 
@@ -176,7 +178,7 @@ def run(spec: JobSpec, name: str | None = None) -> Outcome:
         return Outcome(the_run, earlier, leaderboard.read(the_run.store))
 
     if spec.tune is not None:
-        from .tune import sweep
+        from .sweep import sweep
 
         concurrency = spec.tune.concurrency or max(1, int(cpus // trial_cpus(spec)))
         logger.info("sweeping", run=the_run.name, trials=spec.tune.samples, concurrency=concurrency)
@@ -189,7 +191,7 @@ def run(spec: JobSpec, name: str | None = None) -> Outcome:
 
 def single(spec: JobSpec, the_run: Run, corpus: Store) -> TrialEnd:
     """Train the spec's one model as the run's only trial."""
-    from .distributed import fit
+    from ..engine.ray_train import fit
 
     trial = the_run.trial(SINGLE_TRIAL)
     try:
@@ -252,10 +254,10 @@ def finish(the_run: Run, ends: list[TrialEnd], spec: JobSpec, corpus: Store, spl
 
 def test_loss(the_run: Run, spec: JobSpec, corpus: Store, end: TrialEnd) -> float:
     """The promoted checkpoint's loss on the whole test split, cut as its trial cut val."""
-    from .sample import local_checkpoint
+    from ..insight.sample import local_checkpoint
 
     if spec.tune is not None:
-        from .tune import trial_spec
+        from .sweep import trial_spec
 
         spec = trial_spec(spec, end.settings)
     with local_checkpoint(the_run.best.url, the_run.store.options) as folder:

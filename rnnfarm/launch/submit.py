@@ -31,10 +31,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from . import log, redact
-from .errors import UserError
-from .spec import ADDRESS, ADDRESS_HELP, JobSpec, dump, looks_secret
-from .storage import is_local, normalize_url
+from .. import log, redact
+from ..errors import UserError
+from ..spec import ADDRESS, ADDRESS_HELP, JobSpec, dump, looks_secret
+from ..storage import is_local, normalize_url
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 SPEC_FILE = "spec.yaml"

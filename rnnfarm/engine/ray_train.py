@@ -15,10 +15,11 @@ import torch.distributed as dist
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from . import checkpoint, log
-from .errors import TrainingFailed
-from .storage import Store
-from .train import Job, train
+from .. import log
+from ..errors import TrainingFailed
+from ..storage import Store
+from . import checkpoint
+from .loop import Job, train
 
 
 class RaySession:

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..corpus.vocab import Vocab
+from ..engine.model import CharRNN
+from ..errors import UserError
+from ..storage import Store
 from . import pages
-from .errors import UserError
-from .model import CharRNN
-from .storage import Store
-from .vocab import Vocab
 
 SIGNALS = {
     "cell": "tanh(c), the LSTM's cell state squashed to [-1, 1]",

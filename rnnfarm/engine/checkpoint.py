@@ -19,11 +19,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import UserError
+from ..corpus.vocab import Vocab
+from ..errors import UserError
+from ..spec import ModelSpec
+from ..storage import Store
 from .model import CharRNN
-from .spec import ModelSpec
-from .storage import Store
-from .vocab import Vocab
 
 FORMAT = 1
 MODEL, META = "model.safetensors", "meta.json"

@@ -18,10 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import archive, checkpoint, redact
-from .errors import UserError
-from .runs import RECORD, SUMS, Run
-from .storage import Store, sha256_bytes, sha256_file
+from .. import redact
+from ..engine import checkpoint
+from ..errors import UserError
+from ..storage import Store, sha256_bytes, sha256_file
+from . import archive
+from .record import RECORD, SUMS, Run
 
 BEST_META = f"best/{checkpoint.META}"
 PARALLEL = 8  # downloads in flight

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, redact
-from .errors import UserError
-from .leaderboard import best_checkpoint
-from .model import CharRNN, generate
-from .runs import Run
-from .storage import Store, is_local, verify_sha256
-from .vocab import Vocab
+from .. import redact
+from ..corpus.vocab import Vocab
+from ..engine import checkpoint
+from ..engine.model import CharRNN, generate
+from ..errors import UserError
+from ..runs.leaderboard import best_checkpoint
+from ..runs.record import Run
+from ..storage import Store, is_local, verify_sha256
 
 
 def verified(folder: Path) -> Path:

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.csv
 import pyarrow.parquet as pq
 
-from . import checkpoint
-from .storage import Store
+from ..engine import checkpoint
+from ..storage import Store
 
 STATUSES = ("completed", "stopped", "failed", "not started")
 # Where Ray Train's checkpoint manager records the checkpoints it registered (and has not deleted since).

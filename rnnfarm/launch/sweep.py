@@ -20,13 +20,14 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from . import archive, log
-from .distributed import fit
-from .leaderboard import TrialEnd, evaluations
-from .runs import Run, comparable
-from .spec import Distribution, JobSpec, TuneSpec, with_settings
-from .storage import Store
-from .train import Job
+from .. import log
+from ..engine.loop import Job
+from ..engine.ray_train import fit
+from ..runs import archive
+from ..runs.leaderboard import TrialEnd, evaluations
+from ..runs.record import Run, comparable
+from ..spec import Distribution, JobSpec, TuneSpec, with_settings
+from ..storage import Store
 
 EXPERIMENT = "tune"
 DRIVER_MEMORY = 64 << 20

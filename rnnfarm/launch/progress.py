@@ -14,9 +14,9 @@ import threading
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from . import log
-from .runs import Run
-from .spec import JobSpec
+from .. import log
+from ..runs.record import Run
+from ..spec import JobSpec
 
 BAR = 20
 

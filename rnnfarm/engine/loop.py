@@ -18,13 +18,14 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, log, redact
-from .corpus import shards
-from .data import Streams, streams_for
+from .. import log, redact
+from ..corpus import shards
+from ..corpus.vocab import Vocab
+from ..spec import JobSpec, TrainSpec
+from ..storage import Store
+from . import checkpoint
 from .model import CharRNN, State, detach, generate, state_from_tensors, state_tensors
-from .spec import JobSpec, TrainSpec
-from .storage import Store
-from .vocab import Vocab
+from .streams import Streams, streams_for
 
 LN2 = math.log(2)
 
