@@ -42,7 +42,7 @@ def chars_per_s(args: argparse.Namespace, workers: int, name: str) -> float:
     try:
         outcome = pipeline.run(job)
         trial = outcome.run.trial()
-        return (trial / "metrics" / f"step-{args.steps:06d}.json").read_json()["chars_per_s"]
+        return trial.metrics(args.steps).read_json()["chars_per_s"]
     finally:
         shutil.rmtree(Path(args.storage) / "runs" / name, ignore_errors=True)
 

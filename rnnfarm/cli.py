@@ -55,7 +55,7 @@ def run(spec_file: str, name: str | None, address: str | None, no_wait: bool, en
     """
     from . import spec
     from .launch import pipeline, progress, submit
-    from .runs.record import Run
+    from .layout import Run
     from .storage import Store
 
     if env_file:
@@ -68,7 +68,7 @@ def run(spec_file: str, name: str | None, address: str | None, no_wait: bool, en
         sys.exit(submit_and_follow(job_spec, name, no_wait))
     if no_wait:
         raise UserError("--no-wait applies to a job submitted to a cluster: give a cluster address (--address)")
-    the_run = Run(Store.at(job_spec.storage, job_spec.storage_options) / "runs" / (name or job_spec.name))
+    the_run = Run.under(Store.at(job_spec.storage, job_spec.storage_options), name or job_spec.name)
     try:
         with progress.follow(the_run, job_spec):
             outcome = pipeline.run(job_spec, name)
@@ -96,10 +96,10 @@ def submit_and_follow(job_spec, name: str | None, no_wait: bool) -> int:
         click.echo(f"\ndetached: job {job} goes on. Follow it again: rnnfarm jobs logs {job} --follow {later}")
         click.echo(f"stop it: rnnfarm jobs stop {job} {later}")
         return 130
-    return report_end(info, submitted.run_url)
+    return job_ended(info, submitted.run_url)
 
 
-def report_end(info, run_url: str | None = None) -> int:
+def job_ended(info, run_url: str | None = None) -> int:
     """One line on how a job ended (and where its results are); returns the exit code it calls for."""
     from .launch import submit
 
@@ -128,12 +128,12 @@ def print_outcome(outcome) -> None:
     if "test_loss" in best:
         click.echo(f"test loss {best['test_loss']:.4f} nats/char ({best['test_bpc']:.4f} bits/char) at that checkpoint")
     click.echo(f"best checkpoint: {best['url']}")
-    click.echo(f"leaderboard:     {run.store.url}/leaderboard.csv")
-    click.echo(f"samples:         {run.trial(best['trial']).url}/samples.txt")
+    click.echo(f"leaderboard:     {run.leaderboard('csv').url}")
+    click.echo(f"samples:         {run.trial(best['trial']).archive_text.url}")
     click.echo(f"sample with:     rnnfarm sample {run.store.url} --temperature 0.8 --prime 'ROMEO:'")
-    if (run.store / "report.html").exists():
-        click.echo(f"report:          {run.store.url}/report.html")
-    shown = run.best / "samples.json"
+    if run.report_page.exists():
+        click.echo(f"report:          {run.report_page.url}")
+    shown = run.best_samples
     if shown.exists():
         drawn = shown.read_json()["samples"]
         pick = min(drawn, key=lambda s: abs(s["temperature"] - 0.8))
@@ -141,25 +141,25 @@ def print_outcome(outcome) -> None:
         click.echo(pick["prime"] + pick["text"])
 
 
-@cli.command()
+@cli.command("samples")
 @click.argument("run_url")
 @click.option("--trial", help="Trial id (default: the run's best trial).")
 @click.option("--step", type=int, help="Only the samples drawn at this step.")
 @click.option("--temperature", "-t", type=float, help="Only the samples drawn at this temperature.")
 @_guarded
-def samples(run_url: str, trial: str | None, step: int | None, temperature: float | None) -> None:
+def show_samples(run_url: str, trial: str | None, step: int | None, temperature: float | None) -> None:
     """Show how a trial's samples evolved while it trained (RUN_URL: a run folder or URL)."""
+    from .layout import RECORD, Run
     from .runs import archive
-    from .runs.record import Run
     from .storage import Store
 
     run = Run(Store.at(run_url))
     info = run.info()
     if info is None:
-        raise UserError(f"{run_url}: not a run (no run.json)")
+        raise UserError(f"{run_url}: not a run (no {RECORD})")
     trial = trial or (info.get("best") or {}).get("trial")
-    if trial is None or not (run.trial(trial) / "samples").list():
-        known = ", ".join(t.name for t in (run.store / "trials").list()) or "none"
+    if trial is None or not run.trial(trial).sample_files():
+        known = ", ".join(run.trials()) or "none"
         raise UserError(f"run {run.name} has no samples for trial {trial!r} (trials: {known}); pass --trial")
     rows = [
         r
@@ -172,7 +172,7 @@ def samples(run_url: str, trial: str | None, step: int | None, temperature: floa
     click.echo(archive.render(rows))
 
 
-@cli.command()
+@cli.command("sample")
 @click.argument("target")
 @click.option("--trial", help="A trial of the run TARGET: sample its best kept checkpoint instead of the run's best.")
 @click.option("--temperature", "-t", type=float, default=1.0, show_default=True)
@@ -184,7 +184,7 @@ def samples(run_url: str, trial: str | None, step: int | None, temperature: floa
 @click.option("--argmax", is_flag=True, help="Always take the most likely character.")
 @click.option("--stream", is_flag=True, help="Print each character as it is generated.")
 @_guarded
-def sample(
+def generate_text(
     target: str,
     trial: str | None,
     temperature: float,
@@ -304,7 +304,7 @@ def report(run_url: str, out: str | None, text_file: str | None) -> None:
     folder at RUN_URL, or into --out."""
     from .insight import report as reports
     from .insight import viz as views
-    from .runs.record import Run
+    from .layout import Run
     from .storage import Store
 
     text = views.read_text(text_file, reports.TEXT_CHARS)[0] if text_file else None
@@ -364,6 +364,7 @@ def runs_list(storage_url: str, as_json: bool) -> None:
 
     from .runs.record import list_runs
     from .storage import Store
+    from .tables import cell, table
 
     found = list_runs(Store.at(storage_url))
     if as_json:
@@ -372,13 +373,11 @@ def runs_list(storage_url: str, as_json: bool) -> None:
     if not found:
         click.echo(f"no runs under {scrub(storage_url)}")
         return
-    header = f"{'RUN':<24} {'STATUS':<10} {'BEST VAL LOSS':>13} {'TRIALS':>6}  {'STARTED':<20} {'ENDED':<20}"
-    click.echo(header)
-    for r in found:
-        click.echo(
-            f"{r['name']:<24} {r['status'] or '-':<10} {_loss(r['best_val_loss']):>13} {r['trials']:>6}  "
-            f"{r['started'] or '-':<20} {r['ended'] or '-':<20}"
-        )
+    rows = [["RUN", "STATUS", "BEST VAL LOSS", "TRIALS", "STARTED", "ENDED"]]
+    rows += [
+        [r["name"], *(cell(r[k]) for k in ("status", "best_val_loss", "trials", "started", "ended"))] for r in found
+    ]
+    click.echo("\n".join(table(rows, right={2, 3})))
 
 
 @runs.command("show")
@@ -389,10 +388,11 @@ def runs_show(run_url: str, as_json: bool) -> None:
     """One run at RUN_URL: status, times, corpus, best checkpoint, and each trial's progress."""
     import json
 
-    from .runs.record import Run
+    from .layout import Run
+    from .runs.record import describe
     from .storage import Store
 
-    run = Run(Store.at(run_url)).describe()
+    run = describe(Run(Store.at(run_url)))
     if as_json:
         click.echo(json.dumps(run, indent=2))
         return
@@ -525,14 +525,17 @@ def _cluster_options(fn: Callable) -> Callable:
 def jobs_list(address: str | None, spec_file: str | None) -> None:
     """rnnfarm's jobs on the cluster: id, status, run, start."""
     from .launch import submit
+    from .tables import cell, table
 
     found = [submit.summary(info) for info in _cluster(address, spec_file).jobs()]
     if not found:
         click.echo("no rnnfarm jobs on this cluster")
         return
-    click.echo(f"{'JOB':<44} {'STATUS':<10} {'RUN':<24} {'STARTED':<20}")
-    for j in found:
-        click.echo(f"{j['job']:<44} {j['status']:<10} {j['run'] or '-':<24} {j['started'] or '-':<20}")
+    rows = [
+        ["JOB", "STATUS", "RUN", "STARTED"],
+        *([cell(j[k]) for k in ("job", "status", "run", "started")] for j in found),
+    ]
+    click.echo("\n".join(table(rows)))
 
 
 @jobs.command("status")
@@ -572,7 +575,7 @@ def jobs_logs(job_id: str, address: str | None, spec_file: str | None, follow: b
     except KeyboardInterrupt:
         click.echo(f"\ndetached: job {job_id} goes on", err=True)
         sys.exit(130)
-    sys.exit(report_end(info))
+    sys.exit(job_ended(info))
 
 
 @jobs.command("stop")

@@ -61,7 +61,7 @@ def s3(tmp_path_factory):
 def trained_checkpoint(shakespeare, tmp_path_factory):
     """A 2x32 LSTM trained in-process for 40 steps on tiny Shakespeare: its last checkpoint folder."""
     from rnnfarm.engine.loop import Job, LocalSession, train
-    from rnnfarm.runs.record import Run
+    from rnnfarm.layout import Run
 
     root = tmp_path_factory.mktemp("trained")
     job = make_spec(str(root / "storage"), model={"layers": 2}, train={"steps": 40, "eval_every": 20})

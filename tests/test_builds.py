@@ -227,7 +227,7 @@ def test_a_files_corpus_from_memory_storage(tmp_path):
 def test_a_byte_level_corpus_trains_and_samples_text(tmp_path):
     from rnnfarm.engine.loop import Job, LocalSession, train
     from rnnfarm.insight.sample import sample
-    from rnnfarm.runs.record import Run
+    from rnnfarm.layout import Run
 
     chemobabel = {"url": f"{latex.DEBIAN_ROOT}/latex/chemobabel", "include": ["*.tex*"], "split": "position"}
     job = make_spec(  # the package's documentation and examples, in English and Japanese

@@ -22,8 +22,8 @@ from rnnfarm import spec
 from rnnfarm.cli import cli
 from rnnfarm.errors import UserError
 from rnnfarm.launch.submit import Cluster
+from rnnfarm.layout import Run
 from rnnfarm.runs import leaderboard
-from rnnfarm.runs.record import Run
 from rnnfarm.storage import Store
 from tests.s3local import free_ports
 
@@ -107,7 +107,7 @@ def test_a_sweep_runs_on_both_nodes_of_the_cluster_lands_on_s3_and_is_pulled(log
     assert groups and all(g["state"] == "REMOVED" for g in groups)
 
     run = Store.at(f"{storage}/runs/cluster-sweep")
-    rows = leaderboard.read(run)
+    rows = leaderboard.read(Run(run))
     assert len(rows) == 3 and all(r["status"] == "completed" for r in rows)
     assert Run(run).info()["status"] == "completed"
 

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from rnnfarm.engine.loop import Job, LocalSession, train
 from rnnfarm.launch import pipeline
-from rnnfarm.runs.record import Run
+from rnnfarm.layout import Run
 from rnnfarm.storage import Store
 
 from .conftest import make_spec

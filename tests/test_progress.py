@@ -12,7 +12,7 @@ import structlog
 from rnnfarm import log
 from rnnfarm.engine.loop import Job, LocalSession, train
 from rnnfarm.launch import progress
-from rnnfarm.runs.record import Run
+from rnnfarm.layout import Run
 from rnnfarm.storage import Store
 
 from .conftest import make_spec
@@ -58,7 +58,7 @@ def test_a_terminal_sees_a_line_per_evaluation_with_step_losses_speed_and_eta(sh
     assert len(lines) == 3, lines
     matches = [LINE.match(line) for line in lines]
     assert all(matches), lines
-    stored = [m.read_json() for m in (run.trial() / "metrics").list()]
+    stored = [m.read_json() for m in run.trial().metrics_files()]
     assert [int(m.group(1)) for m in matches] == [m["step"] for m in stored] == [20, 40, 60]
     assert [float(m.group(3)) for m in matches] == [round(m["val_loss"], 3) for m in stored]
     assert matches[0].group(4).startswith("ETA") and matches[-1].group(4) == "done"

@@ -40,8 +40,8 @@ from rnnfarm.corpus.build import build
 from rnnfarm.corpus.sources import cache_dir
 from rnnfarm.engine.loop import Job, LocalSession, train
 from rnnfarm.errors import UserError
-from rnnfarm.runs import leaderboard
-from rnnfarm.runs.record import Run
+from rnnfarm.layout import RAY_SNAPSHOT, Run, Trial
+from rnnfarm.runs import leaderboard, record
 from rnnfarm.storage import Store
 from rnnfarm_plugins import latex
 from rnnfarm_plugins.shakespeare import TINY_SHA256, Shakespeare
@@ -173,7 +173,7 @@ class CutMidUpload(threading.Thread):
 def registered(s3: OwnS3) -> dict[str, set[str]]:
     """The trial's checkpoints Ray registered, with the files the store holds for each."""
     fs = s3.fs()
-    snapshot = json.loads(fs.cat_file(f"{TRIAL}/{leaderboard.RAY_SNAPSHOT}"))
+    snapshot = json.loads(fs.cat_file(f"{TRIAL}/{RAY_SNAPSHOT}"))
     names = [r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]]
     return {name: {p.rsplit("/", 1)[1] for p in fs.find(f"{TRIAL}/{name}")} for name in names}
 
@@ -234,7 +234,7 @@ def test_an_s3_server_stopped_during_a_checkpoint_upload_fails_the_run_in_one_li
     # Even with metadata there (as a deletion cut short could leave), a folder Ray did not register is never best.
     meta = json.loads(fs.cat_file(f"{TRIAL}/checkpoint-000015/meta.json"))
     fs.pipe_file(f"{TRIAL}/checkpoint-000030/meta.json", json.dumps({**meta, "step": 30, "val_loss": 0.0}).encode())
-    trial = Store.at(f"s3://{TRIAL}", own_s3.server.options())
+    trial = Trial(Store.at(f"s3://{TRIAL}", own_s3.server.options()))
     assert leaderboard.best_checkpoint(trial)[0] == "checkpoint-000015"
     with pytest.MonkeyPatch.context() as env:
         for name, value in own_s3.server.env().items():
@@ -662,7 +662,7 @@ def test_credentials_in_plugin_options_reach_no_manifest_spec_record_checkpoint_
     built = build(Store.at(job.storage), job.corpus)
     assert built.manifest["options"]["storage_options"] == {"endpoint_url": s3.endpoint, "key": "***", "secret": "***"}
     run = Run(Store.at(job.storage) / "runs" / "secretive")
-    run.begin(job, {"name": "files", "fingerprint": built.fingerprint, "url": built.folder.url})
+    record.begin(run, job, {"name": "files", "fingerprint": built.fingerprint, "url": built.folder.url})
     train(Job(job, built.folder, run.trial()), LocalSession(tmp_path / "checkpoints"))
     shown = invoke("corpus", "show", built.folder.url)
     assert shown.exit_code == 0, shown.output

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from rnnfarm.cli import cli
 from rnnfarm.corpus import shards
 from rnnfarm.insight import report
+from rnnfarm.layout import Trial
 from rnnfarm.runs import archive, leaderboard
 from rnnfarm.storage import Store
 
@@ -68,7 +69,7 @@ def test_a_run_ends_with_its_report_leaderboard_loss_curves_speed_and_samples(sm
     assert [line.all_text for line in trial_lines] == ["train loss", "val loss"]
     assert all(len(line.attrs["points"].split()) == 2 for line in trial_lines)  # two evaluations each
 
-    drawn = archive.read(Store.at(str(run / "trials" / "main")))
+    drawn = archive.read(Trial(Store.at(str(run / "trials" / "main"))))
     rows = dom.find_all("table", "samples")[0].find_all("tbody")[0].find_all("tr")
     assert len(rows) == 2 and len(drawn) == 4
     shown = [pre.all_text for r in rows for pre in r.find_all("pre")]
@@ -95,7 +96,7 @@ def test_the_report_links_neuron_and_prediction_pages_of_the_best_checkpoint_on_
 
 def test_sampling_a_trial_draws_from_its_best_kept_checkpoint(small_run):
     run, _ = small_run
-    kept, _ = leaderboard.best_checkpoint(Store.at(str(run / "trials" / "main")))
+    kept, _ = leaderboard.best_checkpoint(Trial(Store.at(str(run / "trials" / "main"))))
     args = ["--seed", "1", "--length", "80", "--prime", "ROMEO:"]
     by_trial = CliRunner().invoke(cli, ["sample", str(run), "--trial", "main", *args])
     by_folder = CliRunner().invoke(cli, ["sample", str(run / "trials" / "main" / kept), *args])

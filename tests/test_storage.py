@@ -124,11 +124,12 @@ def test_log_lines_carry_no_credentials():
 
 
 def test_the_spec_echoed_into_a_run_has_its_credentials_masked(tmp_path):
-    from rnnfarm.runs.record import Run
+    from rnnfarm.layout import Run
+    from rnnfarm.runs import record
 
     job = make_spec(str(tmp_path), storage_options={"key": "AKIDEXAMPLE1", "secret": "wJalrXUtnFEMI-example"})
     run = Run(Store.at(str(tmp_path)) / "runs" / "t")
-    run.begin(job, {"name": "shakespeare", "url": "https://user:hunter22@example.org/corpus"})
+    record.begin(run, job, {"name": "shakespeare", "url": "https://user:hunter22@example.org/corpus"})
     echoed = (tmp_path / "runs" / "t" / "spec.yaml").read_text()
     assert "storage_options:\n  key: '***'\n  secret: '***'" in echoed
     record = (tmp_path / "runs" / "t" / "run.json").read_text()

@@ -15,9 +15,9 @@ TRAIN = """
 import json, sys
 from pathlib import Path
 from rnnfarm import spec
-from rnnfarm.runs import Run
+from rnnfarm.layout import Run
 from rnnfarm.storage import Store
-from rnnfarm.train import Job, LocalSession, train
+from rnnfarm.engine.loop import Job, LocalSession, train
 
 storage, corpus = sys.argv[1], sys.argv[2]
 job = spec.parse({

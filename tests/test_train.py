@@ -10,7 +10,7 @@ from rnnfarm.engine.loop import Job, LocalSession, make_optimizer, train
 from rnnfarm.engine.model import CharRNN
 from rnnfarm.errors import UserError
 from rnnfarm.insight.sample import sample
-from rnnfarm.runs.record import Run
+from rnnfarm.layout import Run
 from rnnfarm.spec import ModelSpec, TrainSpec
 from rnnfarm.storage import Store
 
@@ -48,11 +48,11 @@ def test_checkpoint_round_trip_gives_identical_logits(shakespeare, tmp_path):
 
 def test_each_evaluation_stores_samples_and_metrics(shakespeare, tmp_path):
     _, trial = run_in_process(shakespeare, tmp_path)
-    steps = [s.name for s in (trial / "samples").list()]
+    steps = [s.name for s in (trial.store / "samples").list()]
     assert steps == ["step-000015.json", "step-000030.json"]
-    drawn = (trial / "samples" / "step-000030.json").read_json()
+    drawn = (trial.store / "samples" / "step-000030.json").read_json()
     assert drawn["step"] == 30 and len(drawn["samples"][0]["text"]) == 40
-    assert (trial / "metrics" / "step-000030.json").read_json()["val_bpc"] > 0
+    assert (trial.store / "metrics" / "step-000030.json").read_json()["val_bpc"] > 0
 
 
 def test_sampling_is_deterministic_under_a_seed(shakespeare, tmp_path):

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from rnnfarm import spec
 from rnnfarm.cli import cli
 from rnnfarm.errors import UserError
+from rnnfarm.layout import ARCHIVE_JSONL, ARCHIVE_TEXT, Run, Trial
 from rnnfarm.runs import archive, leaderboard
 from rnnfarm.storage import Store
 
@@ -52,7 +53,7 @@ def test_a_sweep_stops_trials_early_archives_samples_and_promotes_the_best(ray_l
     result = CliRunner().invoke(cli, ["run", sweep_spec(tmp_path, concurrency=1)])
     assert result.exit_code == 0, result.output
     run = Store.at(str(run_dir(tmp_path)))
-    rows = leaderboard.read(run)
+    rows = leaderboard.read(Run(run))
     assert len(rows) == 4 and {r["model.hidden"] for r in rows} == {8, 64}
     assert "stopped" in {r["status"] for r in rows}, rows  # ASHA cut at least one trial short
     assert all(r["status"] in ("completed", "stopped") for r in rows)
@@ -68,17 +69,17 @@ def test_a_sweep_stops_trials_early_archives_samples_and_promotes_the_best(ray_l
 
     for r in rows:
         trial = run / "trials" / r["trial"]
-        drawn = archive.read(trial)
+        drawn = archive.read(Trial(trial))
         steps = [s["step"] for s in drawn]
         assert steps == sorted(steps) and len(set(steps)) == len(steps) >= 1
-        assert (trial / archive.TEXT).read_text().startswith("=== step 20")
+        assert (trial / ARCHIVE_TEXT).read_text().startswith("=== step 20")
         assert json.loads((trial / "config.json").read_text())["settings"]["model.hidden"] == r["model.hidden"]
 
     best_meta = json.loads((run_dir(tmp_path) / "best" / "meta.json").read_text())
     argmin = min(rows, key=lambda r: r["best_val_loss"])
     assert best_meta["trial"] == argmin["trial"] and best_meta["val_loss"] == argmin["best_val_loss"]
     assert best_meta["spec"]["model"]["hidden"] == argmin["model.hidden"]
-    assert (run_dir(tmp_path) / "best" / archive.JSONL).exists()
+    assert (run_dir(tmp_path) / "best" / ARCHIVE_JSONL).exists()
     record = json.loads((run_dir(tmp_path) / "run.json").read_text())
     assert record["best"]["trial"] == argmin["trial"] and sum(record["trials"].values()) == 4
 
@@ -109,7 +110,7 @@ def test_a_sweep_whose_driver_is_killed_resumes_without_redoing_finished_trials(
         start_new_session=True,
     )
     try:
-        wait_for(lambda: any(trials.glob(f"*/{archive.JSONL}")), timeout=240)
+        wait_for(lambda: any(trials.glob(f"*/{ARCHIVE_JSONL}")), timeout=240)
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
@@ -119,12 +120,12 @@ def test_a_sweep_whose_driver_is_killed_resumes_without_redoing_finished_trials(
         files = [*(trials / trial / "metrics").iterdir(), *(trials / trial).glob("checkpoint-*/model.safetensors")]
         return {str(p): p.stat().st_mtime_ns for p in files}
 
-    done = {p.parent.name: trained(p.parent.name) for p in trials.glob(f"*/{archive.JSONL}")}
+    done = {p.parent.name: trained(p.parent.name) for p in trials.glob(f"*/{ARCHIVE_JSONL}")}
     assert 1 <= len(done) < 4 and not (run_dir(tmp_path) / "leaderboard.parquet").exists()
 
     result = CliRunner().invoke(cli, ["run", spec_file])
     assert result.exit_code == 0, result.output
-    rows = leaderboard.read(Store.at(str(run_dir(tmp_path))))
+    rows = leaderboard.read(Run(Store.at(str(run_dir(tmp_path)))))
     assert len(rows) == 4 and all(r["status"] == "completed" for r in rows)
     for trial, before in done.items():  # finished before the kill: not trained again
         assert trained(trial) == before

@@ -21,11 +21,12 @@ import torch.nn.functional as F
 from .. import log, redact
 from ..corpus import shards
 from ..corpus.vocab import Vocab
+from ..layout import CHECKPOINTS, Trial, checkpoint_name
 from ..spec import JobSpec, TrainSpec
 from ..storage import Store
 from . import checkpoint
 from .model import CharRNN, State, detach, generate, state_from_tensors, state_tensors
-from .streams import Streams, streams_for
+from .streams import Streams, eval_batch, eval_streams, streams_for
 
 LN2 = math.log(2)
 
@@ -48,7 +49,7 @@ class Job:
 
     spec: JobSpec
     corpus: Store
-    trial: Store
+    trial: Trial
 
 
 class LocalSession:
@@ -71,7 +72,7 @@ class LocalSession:
 
     @contextlib.contextmanager
     def latest_checkpoint(self) -> Iterator[Path | None]:
-        found = sorted(self.folder.glob("checkpoint-*")) if self.folder.exists() else []
+        found = sorted(self.folder.glob(CHECKPOINTS)) if self.folder.exists() else []
         yield found[-1] if found else None
 
     def report(self, metrics: dict[str, Any], folder: Path, name: str) -> None:
@@ -145,11 +146,6 @@ def evaluate(model: CharRNN, streams: Streams, device: torch.device, dtype: torc
     return total
 
 
-def eval_batch(manifest: dict[str, Any], split: str, t: TrainSpec, world: int) -> int:
-    """Streams per rank for evaluating a split: the training batch, fewer where the split is short."""
-    return max(1, min(t.batch_size, (manifest["splits"][split]["tokens"] - 1) // (world * t.seq_len)))
-
-
 def evaluate_split(job: Job, folder: Path, split: str = "test", device: str | torch.device | None = None) -> float:
     """Loss in nats/char of a checkpoint on a whole split of the job's corpus, in this process.
 
@@ -160,9 +156,8 @@ def evaluate_split(job: Job, folder: Path, split: str = "test", device: str | to
     t, world = job.spec.train, job.spec.cluster.workers
     manifest = shards.load_manifest(job.corpus)
     vocab = Vocab.from_json(manifest["vocab"])
-    batch = eval_batch(manifest, split, t, world) * world
-    streams = streams_for(job.corpus, manifest, split, vocab, batch, 1, 0, 1)
-    streams.seq_len = t.seq_len
+    batch = eval_batch(manifest, split, batch_size=t.batch_size, seq_len=t.seq_len, world=world) * world
+    streams = eval_streams(job.corpus, manifest, split, vocab, batch=batch, seq_len=t.seq_len, rank=0, world=1)
     model = checkpoint.load_model(folder, device)[0]
     total = evaluate(model, streams, device, autocast_dtype(t.precision, device))
     return float(total[0] / total[1])
@@ -174,7 +169,7 @@ def samples(model: CharRNN, vocab: Vocab, job: Job, step: int, device: torch.dev
     out = []
     for temperature in s.temperatures:
         gen = torch.Generator(device=device).manual_seed(job.spec.train.seed + step)
-        ids = list(generate(model, prime, s.length, temperature=temperature, generator=gen))
+        ids = list(generate(model, prime, length=s.length, temperature=temperature, generator=gen))
         out.append({"temperature": temperature, "prime": s.prime, "text": vocab.decode(ids)})
     return out
 
@@ -205,9 +200,10 @@ def train(job: Job, session: Session) -> dict[str, Any]:
     manifest = shards.load_manifest(job.corpus)
     vocab = Vocab.from_json(manifest["vocab"])
     rank, world = session.rank, session.world_size
-    train_streams = streams_for(job.corpus, manifest, "train", vocab, t.batch_size, t.seq_len, rank, world)
-    val_streams = streams_for(job.corpus, manifest, "val", vocab, eval_batch(manifest, "val", t, world), 1, rank, world)
-    val_streams.seq_len = t.seq_len
+    where = {"rank": rank, "world": world}
+    train_streams = streams_for(job.corpus, manifest, "train", vocab, batch=t.batch_size, seq_len=t.seq_len, **where)
+    val_batch = eval_batch(manifest, "val", batch_size=t.batch_size, seq_len=t.seq_len, world=world)
+    val_streams = eval_streams(job.corpus, manifest, "val", vocab, batch=val_batch, seq_len=t.seq_len, **where)
 
     torch.manual_seed(t.seed)  # identical initial weights on every rank
     raw = CharRNN(len(vocab), spec.model).to(device)
@@ -287,10 +283,8 @@ def train(job: Job, session: Session) -> dict[str, Any]:
             folder = Path(tmp)
             if rank == 0:
                 drawn = samples(raw, vocab, job, step, device)
-                (job.trial / "samples" / f"step-{step:06d}.json").write_json(
-                    {"step": step, "val_loss": val_loss, "samples": drawn}
-                )
-                (job.trial / "metrics" / f"step-{step:06d}.json").write_json(metrics)
+                job.trial.samples(step).write_json({"step": step, "val_loss": val_loss, "samples": drawn})
+                job.trial.metrics(step).write_json(metrics)
                 meta = {
                     "step": step,
                     "val_loss": val_loss,
@@ -304,8 +298,8 @@ def train(job: Job, session: Session) -> dict[str, Any]:
                 )
                 logger.info("eval", **{k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
             checkpoint.save_worker(folder, rank, {**rng_state(device), **state_tensors(state)})
-            session.report(metrics, folder, f"checkpoint-{step:06d}")
+            session.report(metrics, folder, checkpoint_name(step))
             if rank == 0:
-                logger.info("checkpoint", step=step, name=f"checkpoint-{step:06d}", val_loss=round(val_loss, 4))
+                logger.info("checkpoint", step=step, name=checkpoint_name(step), val_loss=round(val_loss, 4))
         done, logged, interval, interval_cpu = 0, 0, time.perf_counter(), time.process_time()
     return metrics

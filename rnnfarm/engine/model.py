@@ -67,6 +67,7 @@ def state_from_tensors(tensors: dict[str, Tensor]) -> State | None:
 def generate(
     model: CharRNN,
     prime: Tensor,
+    *,
     length: int,
     temperature: float = 1.0,
     top_k: int | None = None,

@@ -1,4 +1,4 @@
-"""Ray Train wiring: a Session over ``ray.train`` for the loop in train.py, and the TorchTrainer."""
+"""Ray Train wiring: a Session over ``ray.train`` for the loop in loop.py, and the TorchTrainer."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from ray.train.torch import TorchTrainer
 
 from .. import log
 from ..errors import TrainingFailed
-from ..storage import Store
+from ..layout import Trial
 from . import checkpoint
 from .loop import Job, train
 
@@ -30,7 +30,7 @@ class RaySession:
     close a file, so a checkpoint missing files could be registered as the one to resume from.
     """
 
-    def __init__(self, trial: Store) -> None:
+    def __init__(self, trial: Trial) -> None:
         self.trial = trial
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
@@ -78,7 +78,7 @@ class RaySession:
         )
 
     def _upload(self, local: ray.train.Checkpoint, name: str) -> ray.train.Checkpoint:
-        target = self.trial / name
+        target = self.trial.checkpoint(name)
         checkpoint.upload(Path(local.path), target)
         filesystem, path = target.pyarrow()
         return ray.train.Checkpoint(path=path, filesystem=filesystem)
@@ -109,7 +109,7 @@ def fit(job: Job, log_format: str, callbacks: list | None = None) -> ray.train.R
     that, :class:`TrainingFailed` says why.
     """
     spec = job.spec
-    filesystem, trial_path = job.trial.pyarrow()
+    filesystem, trial_path = job.trial.store.pyarrow()
     parent, name = trial_path.rsplit("/", 1)
     trainer = TorchTrainer(
         worker_loop,

@@ -8,7 +8,7 @@ one worker with batch N*B sees.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ class Layout:
     """How a split of ``n`` tokens is cut into streams for one rank."""
 
     n: int
+    _: KW_ONLY
     batch: int
     seq_len: int
     rank: int
@@ -55,14 +56,18 @@ class Layout:
 
 
 class Streams:
-    """This rank's B streams of one split, as (x, y) windows of T tokens, epoch after epoch."""
+    """This rank's B streams of one split, as (x, y) windows of T tokens, epoch after epoch.
 
-    def __init__(self, tokens: np.ndarray, layout: Layout) -> None:
+    ``window`` is the length of the windows read (the layout's ``seq_len`` by default): evaluation streams are
+    cut for one target per stream and read in windows of the training ``seq_len``.
+    """
+
+    def __init__(self, tokens: np.ndarray, layout: Layout, *, window: int | None = None) -> None:
         L, B = layout.stream_len, layout.batch
         rows = np.lib.stride_tricks.sliding_window_view(tokens, L + 1)[::L][:B]
         # Kept in the vocabulary's compact dtype (one byte a char for most corpora); windows are widened.
         self.data = torch.from_numpy(np.ascontiguousarray(rows))
-        self.seq_len = layout.seq_len
+        self.seq_len = window or layout.seq_len
         self.windows = L // layout.seq_len
         self.epoch, self.pos = 0, 0
 
@@ -91,9 +96,42 @@ class Streams:
 
 
 def streams_for(
-    folder: Store, manifest: dict[str, Any], split: str, vocab: Vocab, batch: int, seq_len: int, rank: int, world: int
+    folder: Store,
+    manifest: dict[str, Any],
+    split: str,
+    vocab: Vocab,
+    *,
+    batch: int,
+    seq_len: int,
+    rank: int,
+    world: int,
 ) -> Streams:
-    layout = Layout(manifest["splits"][split]["tokens"], batch, seq_len, rank, world)
+    """This rank's training streams of a split: windows of ``seq_len``, epoch after epoch."""
+    layout = Layout(manifest["splits"][split]["tokens"], batch=batch, seq_len=seq_len, rank=rank, world=world)
     layout.check(split, "batch_size")
     start, stop = layout.span
     return Streams(load_tokens(folder, manifest, split, start, stop, vocab), layout)
+
+
+def eval_batch(manifest: dict[str, Any], split: str, *, batch_size: int, seq_len: int, world: int) -> int:
+    """Streams per rank for evaluating a split: the training batch, fewer where the split is short."""
+    return max(1, min(batch_size, (manifest["splits"][split]["tokens"] - 1) // (world * seq_len)))
+
+
+def eval_streams(
+    folder: Store,
+    manifest: dict[str, Any],
+    split: str,
+    vocab: Vocab,
+    *,
+    batch: int,
+    seq_len: int,
+    rank: int,
+    world: int,
+) -> Streams:
+    """This rank's streams for evaluating a whole split, read once in windows of ``seq_len``: cut for one target
+    per stream, so that a split shorter than a window per stream is still evaluated (its last window shorter)."""
+    layout = Layout(manifest["splits"][split]["tokens"], batch=batch, seq_len=1, rank=rank, world=world)
+    layout.check(split, "batch_size")
+    start, stop = layout.span
+    return Streams(load_tokens(folder, manifest, split, start, stop, vocab), layout, window=seq_len)

@@ -7,7 +7,6 @@ inline CSS and SVG: it opens from a local folder or a pulled run, with no server
 
 from __future__ import annotations
 
-import math
 import statistics
 from html import escape
 from typing import Any
@@ -15,15 +14,20 @@ from typing import Any
 from .. import log
 from ..corpus import shards
 from ..corpus.vocab import Vocab
+from ..engine import checkpoint
 from ..errors import UserError
+from ..layout import REPORT_FOLDER, REPORT_PAGE, Run
 from ..runs import archive, leaderboard
-from ..runs.record import Run
+from ..runs.record import require
+from ..runs.state import TrialState, trial_state
 from ..storage import Store
+from ..tables import cell
+from ..units import bits
 from . import pages, viz
 from .sample import load
 
-REPORT, FOLDER = "report.html", "report"
-NEURONS, PREDICTIONS = f"{FOLDER}/neurons.html", f"{FOLDER}/predictions.html"
+REPORT = REPORT_PAGE
+NEURONS, PREDICTIONS = f"{REPORT_FOLDER}/neurons.html", f"{REPORT_FOLDER}/predictions.html"
 TEXT_CHARS = 1200  # how much text the neuron and prediction pages show
 TOP_CELLS = 8
 
@@ -53,15 +57,15 @@ def samples_excerpt(rows: list[dict[str, Any]], chars: int) -> str | None:
     return text[:chars] or None
 
 
-def trial_rows(run: Run, metrics: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+def trial_rows(run: Run, states: dict[str, TrialState]) -> list[dict[str, Any]]:
     """The leaderboard when the run wrote one; while it runs, one row per trial from what it has stored."""
-    if (run.store / "leaderboard.parquet").exists():
-        return leaderboard.read(run.store)
+    if run.leaderboard("parquet").exists():
+        return leaderboard.read(run)
     rows = []
-    for trial, evals in metrics.items():
-        config = run.trial(trial) / "config.json"
+    for trial, state in states.items():
+        config = run.trial(trial).config
         settings = config.read_json().get("settings", {}) if config.exists() else {}
-        best = min(evals, key=lambda m: m["val_loss"]) if evals else None
+        best = state.best
         rows.append(
             {
                 "trial": trial,
@@ -70,19 +74,11 @@ def trial_rows(run: Run, metrics: dict[str, list[dict[str, Any]]]) -> list[dict[
                 "best_val_loss": best["val_loss"] if best else None,
                 "best_val_bpc": best["val_bpc"] if best else None,
                 "best_step": best["step"] if best else None,
-                "steps": evals[-1]["step"] if evals else 0,
+                "steps": state.steps,
                 "wall_s": None,
             }
         )
     return leaderboard.ranked(rows)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 10 else f"{value:,.0f}"
-    return str(value)
 
 
 def leaderboard_table(rows: list[dict[str, Any]], metrics: dict[str, list[dict[str, Any]]]) -> str:
@@ -93,9 +89,9 @@ def leaderboard_table(rows: list[dict[str, Any]], metrics: dict[str, list[dict[s
     for i, r in enumerate(rows):
         speeds = [m["chars_per_s"] for m in metrics.get(r["trial"], []) if m.get("chars_per_s")]
         speed = f"{statistics.median(speeds):,.0f}" if speeds else "-"
-        cells = [i + 1, r["trial"], r.get("status") or "-", *(_cell(r.get(k)) for k in settings)]
-        cells += [_cell(r.get("best_val_loss")), _cell(r.get("best_val_bpc")), _cell(r.get("best_step"))]
-        cells += [_cell(r.get("steps")), speed, _cell(r.get("wall_s"))]
+        cells = [i + 1, r["trial"], r.get("status") or "-", *(cell(r.get(k)) for k in settings)]
+        cells += [cell(r.get("best_val_loss")), cell(r.get("best_val_bpc")), cell(r.get("best_step"))]
+        cells += [cell(r.get("steps")), speed, cell(r.get("wall_s"))]
         body.append(cells)
     numeric = {0, *range(3 + len(settings), len(header))}
     return pages.table(header, body, numeric, "leaderboard")
@@ -145,7 +141,7 @@ def checkpoint_pages(
     run: Run, record: dict[str, Any], best_samples: list[dict[str, Any]], text: str | None
 ) -> dict[str, str]:
     """The neuron and prediction pages of the run's best checkpoint, by name; empty without one."""
-    if not (run.best / "meta.json").exists():
+    if not (run.best / checkpoint.META).exists():
         return {}
     model, vocab, meta = load(run.store.url, run.store.options)
     text = text or val_excerpt(run, record, TEXT_CHARS) or samples_excerpt(best_samples, TEXT_CHARS)
@@ -161,9 +157,11 @@ def checkpoint_pages(
 
 def render(run: Run, text: str | None = None) -> dict[str, str]:
     """Every page of the run's report, by its name relative to the run folder (the report itself last)."""
-    record = run.require()
-    metrics = {t: leaderboard.evaluations(run.trial(t)) for t in run.trials()}
-    rows = trial_rows(run, metrics)
+    record = require(run)
+    target = record["spec"]["train"]["steps"]
+    states = {t: trial_state(run.trial(t), target=target) for t in run.trials()}
+    metrics = {t: state.evaluations for t, state in states.items()}
+    rows = trial_rows(run, states)
     order = [r["trial"] for r in rows if r["trial"] in metrics]
     best = record.get("best") or {}
     best_trial = best.get("trial") or (order[0] if order else None)
@@ -179,7 +177,7 @@ def render(run: Run, text: str | None = None) -> dict[str, str]:
     ]
     if best:
         facts.append(
-            f"best val loss <b>{best['val_loss']:.4f}</b> nats/char ({best['val_loss'] / math.log(2):.4f} "
+            f"best val loss <b>{best['val_loss']:.4f}</b> nats/char ({bits(best['val_loss']):.4f} "
             f"bits/char) at step {best['step']} of trial {escape(best['trial'])}"
         )
     links = " · ".join(

@@ -14,8 +14,9 @@ from ..corpus.vocab import Vocab
 from ..engine import checkpoint
 from ..engine.model import CharRNN, generate
 from ..errors import UserError
+from ..layout import Run
 from ..runs.leaderboard import best_checkpoint
-from ..runs.record import Run
+from ..runs.record import require
 from ..storage import Store, is_local, verify_sha256
 
 
@@ -30,7 +31,7 @@ def verified(folder: Path) -> Path:
 def trial_checkpoint(target: str, trial: str, options: dict | None = None) -> Store:
     """The best kept checkpoint of one trial of the run at ``target``."""
     run = Run(Store.at(target, options))
-    run.require()
+    require(run)
     kept = best_checkpoint(run.trial(trial))
     if kept is None:
         known = ", ".join(run.trials()) or "none"
@@ -38,7 +39,7 @@ def trial_checkpoint(target: str, trial: str, options: dict | None = None) -> St
             f"trial {trial!r} of run {run.name} has no kept checkpoint (trials: {known}); "
             "a pulled run holds only best/: sample the run on its storage, or drop --trial"
         )
-    return run.trial(trial) / kept[0]
+    return run.trial(trial).checkpoint(kept[0])
 
 
 @contextlib.contextmanager
@@ -53,7 +54,7 @@ def local_checkpoint(target: str, options: dict | None = None, trial: str | None
     else:
         store = Store.at(target, options)
         store.check()
-        candidates = [store, store / "best"]
+        candidates = [store, Run(store).best]
     for candidate in candidates:
         if (candidate / checkpoint.META).exists():
             if is_local(candidate.url):
@@ -98,7 +99,9 @@ def characters(
     """
     check(prime, temperature)
     ids = torch.from_numpy(vocab.encode(prime, strict=True).astype("int64"))
-    tokens = generate(model, ids, length, temperature=temperature, top_k=top_k, argmax=argmax, generator=generator)
+    tokens = generate(
+        model, ids, length=length, temperature=temperature, top_k=top_k, argmax=argmax, generator=generator
+    )
 
     decode = vocab.decoder()  # a byte-level model's bytes become characters once a UTF-8 sequence completes
 

@@ -14,9 +14,9 @@ from ..corpus.vocab import Vocab
 from ..engine.loop import Job, evaluate_split
 from ..errors import TrainingFailed, UserError
 from ..insight import report
-from ..runs import archive, leaderboard
+from ..layout import SINGLE_TRIAL, Run
+from ..runs import archive, leaderboard, record
 from ..runs.leaderboard import TrialEnd
-from ..runs.record import SINGLE_TRIAL, Run
 from ..spec import JobSpec, run_name
 from ..storage import Store
 
@@ -170,12 +170,12 @@ def run(spec: JobSpec, name: str | None = None) -> Outcome:
     built = build(storage, spec.corpus)
     Vocab.from_json(built.manifest["vocab"]).encode(spec.samples.prime, strict=True)
 
-    the_run = Run(storage / "runs" / (name or spec.name))
+    the_run = Run.under(storage, name or spec.name)
     corpus = {"name": spec.corpus.name, "fingerprint": built.fingerprint, "url": built.folder.url}
-    earlier = the_run.begin(spec, corpus)
+    earlier = record.begin(the_run, spec, corpus)
     if earlier is not None and earlier.get("status") == "completed":
         logger.info("run already completed", run=the_run.name, url=the_run.store.url)
-        return Outcome(the_run, earlier, leaderboard.read(the_run.store))
+        return Outcome(the_run, earlier, leaderboard.read(the_run))
 
     if spec.tune is not None:
         from .sweep import sweep
@@ -199,13 +199,13 @@ def single(spec: JobSpec, the_run: Run, corpus: Store) -> TrialEnd:
     except TrainingFailed as exc:
         log.get("rnnfarm.run").error("run failed", run=the_run.name, error=str(exc))
         try:  # running the same spec again resumes from the latest checkpoint
-            the_run.end("failed", error=str(exc))
+            record.end(the_run, "failed", error=str(exc))
             archive.consolidate(trial)
         except UserError as unrecorded:  # the storage itself may be what failed: the training error is the one to tell
             log.get("rnnfarm.run").warning("could not record the failure", run=the_run.name, reason=str(unrecorded))
         raise
     archive.consolidate(trial)
-    stored = leaderboard.evaluations(trial)
+    stored = trial.evaluations()
     step = stored[-1]["step"] if stored else 0
     return TrialEnd(SINGLE_TRIAL, "completed" if step >= spec.train.steps else "stopped", {}, trial_wall(stored))
 
@@ -227,7 +227,7 @@ def finish(the_run: Run, ends: list[TrialEnd], spec: JobSpec, corpus: Store, spl
     corpus has one, and close the run's record."""
     kept = {end.trial: leaderboard.best_checkpoint(the_run.trial(end.trial)) for end in ends}
     rows = leaderboard.ranked([leaderboard.row(the_run.trial(end.trial), end, kept[end.trial]) for end in ends])
-    leaderboard.write(the_run.store, rows)
+    leaderboard.write(the_run, rows)
     candidates = [(meta["val_loss"], trial, name) for trial, k in kept.items() if k for name, meta in [k]]
     if spec.tune is None:  # a sweep's trials are logged as they end (tune.TrialEnds)
         (r,) = rows
@@ -235,21 +235,23 @@ def finish(the_run: Run, ends: list[TrialEnd], spec: JobSpec, corpus: Store, spl
         log.get("rnnfarm.run").info("trial ended", run=the_run.name, **fields)
     if not candidates:
         errors = "; ".join(f"{end.trial}: {end.error}" for end in ends if end.error) or "no checkpoint was kept"
-        the_run.end("failed", error=errors)
+        record.end(the_run, "failed", error=errors)
         log.get("rnnfarm.run").error("run failed", run=the_run.name, error=errors)
         raise TrainingFailed(f"training failed: {errors}")
     _, trial, name = min(candidates)
-    best = the_run.promote(trial, name)
+    best = record.promote(the_run, trial, name)
     best["val_bpc"] = best["val_loss"] / math.log(2)
     if "test" in splits:  # the corpus has a test split (`corpus.test` > 0)
         best["test_loss"] = test_loss(the_run, spec, corpus, next(e for e in ends if e.trial == trial))
         best["test_bpc"] = best["test_loss"] / math.log(2)
-    record = the_run.end("completed", best, trials={s: sum(e.status == s for e in ends) for s in leaderboard.STATUSES})
+    ended = record.end(
+        the_run, "completed", best=best, trials={s: sum(e.status == s for e in ends) for s in leaderboard.STATUSES}
+    )
     report.publish(the_run)
     log.get("rnnfarm.run").info(
         "run completed", run=the_run.name, val_loss=round(best["val_loss"], 4), best=best["url"]
     )
-    return Outcome(the_run, record, rows)
+    return Outcome(the_run, ended, rows)
 
 
 def test_loss(the_run: Run, spec: JobSpec, corpus: Store, end: TrialEnd) -> float:

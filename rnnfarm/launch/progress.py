@@ -1,7 +1,7 @@
 """Progress of a run started from a terminal: a line per evaluation of each trial (step, losses, chars/s, ETA).
 
 Training happens in Ray's workers while the driver waits; a background thread in the driver follows the
-metrics objects the trials write to storage (``trials/<trial>/metrics/step-NNNNNN.json``), so what it shows
+metrics objects the trials write to storage (``layout.Trial.metrics``), so what it shows
 is what was stored. Lines, not a redrawn bar: Ray prints the workers' own log lines to the same terminal.
 Nothing is shown when stderr is not a terminal: the JSON log lines carry the same events there.
 """
@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from .. import log
-from ..runs.record import Run
+from ..layout import Run
+from ..runs.state import status
 from ..spec import JobSpec
 
 BAR = 20
@@ -47,7 +48,7 @@ def line(trial: str, m: dict[str, Any], previous: dict[str, Any] | None, steps: 
     return (
         f"[{trial}] step {m['step']}/{steps} {done:4.0%} |{'#' * filled}{'.' * (BAR - filled)}| "
         f"train {m['train_loss']:.3f} val {m['val_loss']:.3f} nats/char · {m['chars_per_s'] / 1000:,.1f}k chars/s · "
-        + ("done" if m["step"] >= steps else eta)
+        + ("done" if status(m["step"], target=steps) == "completed" else eta)
     )
 
 
@@ -61,9 +62,9 @@ class Progress:
 
     def _new(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
         for trial in self.run.trials():
-            for item in (self.run.trial(trial) / "metrics").list():
+            for item in self.run.trial(trial).metrics_files():
                 key = f"{trial}/{item.name}"
-                if item.name.endswith(".json") and key not in self.shown:
+                if key not in self.shown:
                     yield trial, key, item.read_json()
 
     def skip_existing(self) -> None:

@@ -33,6 +33,7 @@ from typing import Any
 
 from .. import log, redact
 from ..errors import UserError
+from ..layout import RUNS
 from ..spec import ADDRESS, ADDRESS_HELP, JobSpec, dump, looks_secret
 from ..storage import is_local, normalize_url
 
@@ -317,7 +318,7 @@ def submit(spec: JobSpec, name: str | None = None) -> Submitted:
                 entrypoint_num_cpus=spec.cluster.entrypoint_cpus or None,
                 entrypoint_resources=dict(spec.cluster.entrypoint_resources) or None,
             )
-    return Submitted(job_id, cluster, posixpath.join(redact.scrub(storage), "runs", run))
+    return Submitted(job_id, cluster, posixpath.join(redact.scrub(storage), RUNS, run))
 
 
 def exit_code(info) -> int:

@@ -23,13 +23,13 @@ from ray.tune.search import BasicVariantGenerator
 from .. import log
 from ..engine.loop import Job
 from ..engine.ray_train import fit
+from ..layout import EXPERIMENT, Run
 from ..runs import archive
-from ..runs.leaderboard import TrialEnd, evaluations
-from ..runs.record import Run, comparable
+from ..runs.leaderboard import TrialEnd
+from ..runs.record import comparable
 from ..spec import Distribution, JobSpec, TuneSpec, with_settings
 from ..storage import Store
 
-EXPERIMENT = "tune"
 DRIVER_MEMORY = 64 << 20
 # Ray Tune copies these variables of the driver's environment into each trial's runtime env, which Ray's
 # runtime-env agent writes to its log on every node. Trials have credentials from their own environment
@@ -88,7 +88,7 @@ def driver(config: dict[str, Any], *, base: JobSpec, corpus: Store, run: Run, lo
     settings = settings_of(config)
     spec = trial_spec(base, settings)
     trial = run.trial(trial_id)
-    (trial / "config.json").write_json({"trial": trial_id, "settings": settings, "spec": comparable(spec)})
+    trial.config.write_json({"trial": trial_id, "settings": settings, "spec": comparable(spec)})
     try:
         fit(Job(spec, corpus, trial), log_format, callbacks=[TuneReportCallback()])
     finally:
@@ -189,7 +189,7 @@ def sweep(spec: JobSpec, run: Run, corpus: Store, log_format: str, concurrency: 
         trial = run.trial(trial_id)
         archive.consolidate(trial)
         # A worker can finish its last steps while the scheduler's stop is on its way: count what it stored.
-        stored = evaluations(trial)
+        stored = trial.evaluations()
         step = max((result.metrics or {}).get("step", 0), stored[-1]["step"] if stored else 0)
         if result.error is not None:
             status = "failed"

@@ -21,17 +21,17 @@ from pathlib import Path
 from .. import redact
 from ..engine import checkpoint
 from ..errors import UserError
+from ..layout import BEST, RECORD, SAMPLES, SUMS, TRIALS, Run, in_best, in_trial
 from ..storage import Store, sha256_bytes, sha256_file
-from . import archive
-from .record import RECORD, SUMS, Run
+from .record import require
 
-BEST_META = f"best/{checkpoint.META}"
+BEST_META = in_best(checkpoint.META)
 PARALLEL = 8  # downloads in flight
 _SUM_LINE = re.compile(r"^(?P<sha>[0-9a-f]{64}) [ *](?P<name>.+)$")
 
 
 @dataclass(frozen=True)
-class Fetched:
+class PulledFile:
     name: str  # relative to the run (and to the destination)
     size: int
     check: str  # "sha256 ok", "unchanged" (already there with that sha256), "no checksum yet", or what a record is
@@ -41,7 +41,7 @@ class Fetched:
 class Pulled:
     run: Run
     dest: Path
-    files: list[Fetched]
+    files: list[PulledFile]
 
     @property
     def bytes(self) -> int:
@@ -79,7 +79,7 @@ def parse_sums(text: str, source: str) -> dict[str, str]:
 
 def index(run: Run) -> dict[str, str | None]:
     """Every file the run publishes, with its sha256 (None for what has no checksum yet)."""
-    sealed = run.store / SUMS
+    sealed = run.sums
     if sealed.exists():
         return dict(parse_sums(sealed.read_text(), redact.scrub(sealed.url)))
     files: dict[str, str | None] = {}
@@ -91,13 +91,13 @@ def index(run: Run) -> dict[str, str | None]:
         except json.JSONDecodeError as exc:
             raise UserError(f"{redact.scrub(meta.url)}: not valid JSON ({exc.msg})") from None
         for name, entry in recorded.items():
-            files[f"best/{safe_name(name, redact.scrub(meta.url))}"] = entry["sha256"]
+            files[in_best(safe_name(name, redact.scrub(meta.url)))] = entry["sha256"]
         if not recorded:  # promoted before best/meta.json recorded checksums
-            files |= {f"best/{f.name}": None for f in run.best.list()}
+            files |= {in_best(f.name): None for f in run.best.list()}
         files[BEST_META] = sha256_bytes(data)
     for trial in run.trials():
-        for name in archive.names(run.trial(trial)):
-            files[f"trials/{safe_name(trial, 'the trials listing')}/{name}"] = None
+        for name in run.trial(trial).published():
+            files[in_trial(safe_name(trial, "the trials listing"), name)] = None
     return files
 
 
@@ -106,17 +106,17 @@ def select(
 ) -> dict[str, str | None]:
     chosen = {}
     if best:
-        chosen = {n: s for n, s in files.items() if n.startswith("best/")}
+        chosen = {n: s for n, s in files.items() if n.startswith(f"{BEST}/")}
         if BEST_META not in chosen:
             raise UserError(
                 f"run {run.name} has no best checkpoint yet: its first evaluation has not finished; "
                 "pull --samples fetches the sample archives so far"
             )
     if samples:
-        prefix = f"trials/{trial}/" if trial else "trials/"
-        picked = {n: s for n, s in files.items() if n.startswith(prefix) and "/samples" in n}
+        prefix = in_trial(trial) if trial else f"{TRIALS}/"
+        picked = {n: s for n, s in files.items() if n.startswith(prefix) and f"/{SAMPLES}" in n}
         if trial and not picked:
-            trials = sorted({n.split("/")[1] for n in files if n.startswith("trials/")})
+            trials = sorted({n.split("/")[1] for n in files if n.startswith(f"{TRIALS}/")})
             raise UserError(
                 f"run {run.name} has no sample archives of trial {trial!r} (trials: {', '.join(trials) or 'none'})"
             )
@@ -155,21 +155,21 @@ def pull(
 ) -> Pulled:
     """Fetch a run's best checkpoint and/or sample archives (all trials, or ``trial``) into ``dest``."""
     run = Run(Store.at(run_url, options))
-    run.require()
+    require(run)
     if trial is not None:
         safe_name(trial, "--trial")
     dest = Path(dest or run.name).resolve()
     chosen = select(index(run), best, samples, trial, run)
     records = {RECORD: "the run's record"}
-    if (run.store / SUMS).exists():
+    if run.sums.exists():
         records[SUMS] = "the run's checksum list"
 
-    def fetch(name: str) -> Fetched:
+    def fetch(name: str) -> PulledFile:
         target = dest.joinpath(*name.split("/"))
         if not target.resolve().is_relative_to(dest):  # a symlink inside dest pointing out of it
             raise UserError(f"refusing to write {target}: it resolves outside {dest}")
         check = _fetch(run.store / name, target, chosen.get(name))
-        return Fetched(name, target.stat().st_size, records.get(name, check))
+        return PulledFile(name, target.stat().st_size, records.get(name, check))
 
     files = sorted(n for n in chosen if n != BEST_META)
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
