@@ -2,7 +2,7 @@
 
 1. a plain-PyTorch incremental loop over the model, the same ops as rnnfarm's written out by hand, with
    PyTorch's default kernels (the baseline), and the same loop with oneDNN's RNN kernels turned off;
-2. rnnfarm (``rnnfarm.sample.characters``: ``model.generate`` stepped with PyTorch's native RNN kernels);
+2. rnnfarm (``rnnfarm.insight.sample.characters``: ``model.generate`` stepped with PyTorch's native RNN kernels);
 3. the naive way: the whole text so far run through the model again for every new character (default kernels).
 
 Also the layer-by-layer trace behind ``rnnfarm viz`` (every cell state at every character) against one

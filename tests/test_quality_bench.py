@@ -3,10 +3,9 @@ section of BENCHMARKS.md is exactly what that file renders (no figure edited by 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -17,11 +16,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def quality():
-    found = importlib.util.spec_from_file_location("quality_bench", ROOT / "bench" / "quality.py")
-    module = importlib.util.module_from_spec(found)
-    sys.modules[found.name] = module  # its dataclasses look their module up there
-    found.loader.exec_module(module)
-    return module
+    """bench/quality.py's package: the paths it reads and the Markdown it renders."""
+    from bench import quality_bench
+    from bench.quality_bench import markdown
+
+    paths = {name: getattr(quality_bench, name) for name in ("DEPLOY", "RESULTS", "BENCHMARKS")}
+    return SimpleNamespace(
+        **paths, HEADING=markdown.HEADING, render=markdown.render, write_section=markdown.write_section
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,7 @@ def test_the_quality_sweep_and_time_to_quality_specs_are_valid_jobs_on_tiny_shak
 
 @pytest.mark.parametrize("name", ["sweep", "sweep-long"])
 def test_a_sweep_trial_computes_the_steps_of_the_quality_run(quality, name):
-    """One worker with the sweep's batch reads what the quality run's workers read together (data.py)."""
+    """One worker with the sweep's batch reads what the quality run's workers read together (engine/streams.py)."""
     sweep = spec.load(quality.DEPLOY / f"shakespeare-{name}.yaml")
     run = spec.load(quality.DEPLOY / "shakespeare-quality.yaml")
     assert sweep.tune.resources.workers * sweep.train.batch_size == run.cluster.workers * run.train.batch_size

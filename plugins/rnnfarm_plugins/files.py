@@ -10,14 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
-
-from rnnfarm.corpus import Corpus, Document, Fetched, Source, hookimpl
+from rnnfarm.corpus import Corpus, CorpusOptions, Document, Fetched, Source, hookimpl
 from rnnfarm.corpus.archives import decompressed, pieces
 
 
-class Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Options(CorpusOptions):
     url: str  # a file, glob or folder: /data/*.txt, s3://bucket/texts/, zip://*.txt::https://host/a.zip
     sha256: str | None = None  # pins the content (see `rnnfarm corpus show` for the value to pin)
     include: list[str] = []  # for a glob or folder: keep the files whose path below it matches one

@@ -11,9 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
-
-from rnnfarm.corpus import Corpus, Document, Fetched, Source, hookimpl
+from rnnfarm.corpus import Corpus, CorpusOptions, Document, Fetched, Source, hookimpl
 from rnnfarm.corpus.archives import decompressed, is_tarball, matches, pieces, tar_members
 
 DEBIAN_PACKAGE = "texlive-science-doc"
@@ -22,8 +20,7 @@ DEBIAN_ROOT = "/usr/share/doc/texlive-doc"
 HINT = f"on Debian or Ubuntu: apt-get install {DEBIAN_PACKAGE}; or give -o url=FOLDER|GLOB|TARBALL"
 
 
-class Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Options(CorpusOptions):
     url: str | None = None  # a folder, glob or tarball of .tex files; default: Debian's texlive-science-doc
     sha256: str | None = None
     include: list[str] = ["*.tex", "*.tex.gz"]

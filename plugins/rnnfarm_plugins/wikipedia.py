@@ -12,9 +12,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
-
-from rnnfarm.corpus import Corpus, Document, Fetched, Source, hookimpl
+from rnnfarm.corpus import Corpus, CorpusOptions, Document, Fetched, Source, hookimpl
 from rnnfarm.corpus.archives import decompressed, pieces
 
 SAMPLE = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
@@ -22,8 +20,7 @@ SAMPLE_SHA256 = "a53f4648dec40467ebdcbc7a1307eddb51fe6e28e9309f6ebde81ba0d04bea2
 SAMPLE_SOURCES = [Source(f"pypi://gensim==4.4.0/{SAMPLE}", SAMPLE_SHA256)]
 
 
-class Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Options(CorpusOptions):
     variant: Literal["raw", "text"] = "raw"
     url: str | None = None  # any MediaWiki XML dump, e.g. enwik8 or a *-pages-articles*.xml.bz2
     sha256: str | None = None

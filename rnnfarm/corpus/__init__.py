@@ -1,6 +1,9 @@
-"""Corpus plugins and the pipeline that turns their text into Arrow shards."""
+"""Corpora: the plugin contract (``Corpus``, ``CorpusOptions``, the ``register_corpora`` hook), fetching
+sources, normalizing text, choosing the vocabulary, and writing Arrow shards under one manifest; and
+describing what was built. It may import only the shared top level (spec, storage, log, errors, redact).
+"""
 
-from .base import Corpus, Document, Fetched, NoOptions, Source, SourceFile
+from .base import Corpus, CorpusOptions, Document, Fetched, NoOptions, Source, SourceFile
 from .hookspecs import hookimpl
 
-__all__ = ["Corpus", "Document", "Fetched", "NoOptions", "Source", "SourceFile", "hookimpl"]
+__all__ = ["Corpus", "CorpusOptions", "Document", "Fetched", "NoOptions", "Source", "SourceFile", "hookimpl"]

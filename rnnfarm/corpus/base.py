@@ -76,8 +76,15 @@ class Fetched:
         return self.fs.open((file or self.file).path, "rb")
 
 
-class NoOptions(BaseModel):
+class CorpusOptions(BaseModel):
+    """The base of a plugin's options: a pydantic model whose unknown keys are refused, so a misspelt
+    option in a spec is an error naming it, never silently ignored. Subclass it and declare the fields."""
+
     model_config = ConfigDict(extra="forbid")
+
+
+class NoOptions(CorpusOptions):
+    """The options of a corpus that takes none."""
 
 
 class Corpus(ABC):
@@ -93,18 +100,18 @@ class Corpus(ABC):
     name: ClassVar[str]
     version: ClassVar[str]
     description: ClassVar[str]
-    Options: ClassVar[type[BaseModel]] = NoOptions
+    Options: ClassVar[type[CorpusOptions]] = NoOptions
     split_by: ClassVar[Splitting] = "document"
     separator: ClassVar[str] = "\n\n"
 
     @abstractmethod
-    def sources(self, options: BaseModel) -> list[Source]:
+    def sources(self, options: CorpusOptions) -> list[Source]:
         """Candidate sources, best first; the first that can be read wins."""
 
     @abstractmethod
-    def documents(self, fetched: Fetched, options: BaseModel) -> Iterator[Document]:
+    def documents(self, fetched: Fetched, options: CorpusOptions) -> Iterator[Document]:
         """The raw documents of a fetched source, in a fixed order (a build may read them twice)."""
 
-    def splitting(self, options: BaseModel, fetched: Fetched) -> Splitting:
+    def splitting(self, options: CorpusOptions, fetched: Fetched) -> Splitting:
         """How this build is split: ``split_by`` unless the options or the source decide otherwise."""
         return self.split_by

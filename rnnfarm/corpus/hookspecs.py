@@ -16,4 +16,6 @@ hookimpl = pluggy.HookimplMarker("rnnfarm")
 
 @hookspec
 def register_corpora(register: Callable[[Corpus], None]) -> None:
-    """Call ``register(corpus)`` once for each corpus this plugin provides."""
+    """Call ``register(corpus)`` once for each corpus this plugin provides: an instance of a subclass of
+    ``rnnfarm.corpus.Corpus`` (its name, version, ``Options`` subclassing ``CorpusOptions``, sources and
+    documents). plugins/README.md walks through one."""

