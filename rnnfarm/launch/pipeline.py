@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
@@ -55,7 +56,7 @@ def start_local_ray(num_cpus: int | None = None) -> None:
         os.environ.setdefault(key, value)
     # Ray Train's clean-up actors find the state API through this variable; without it they search the
     # machine and give up when other Ray instances run there, leaking the CPUs of stopped trials.
-    dashboard_port = free_port()
+    (dashboard_port,) = free_ports(1)
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
     ray.init(
         address="local",  # a Ray of its own, even where `ray start` left a cluster running on this machine
@@ -68,10 +69,13 @@ def start_local_ray(num_cpus: int | None = None) -> None:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports free right now (held together, so they differ)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 def trial_cpus(spec: JobSpec) -> float:
