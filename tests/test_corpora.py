@@ -241,3 +241,17 @@ def test_a_vocabulary_cap_keeps_the_most_frequent_symbols_and_replaces_the_rest(
     val = shards.read_split(capped.folder, capped.manifest, "val")
     ids = shards.read_tokens(capped.folder, capped.manifest, "val", 0, len(val), vocab)
     assert vocab.decode(ids) == "".join(s if s in set(vocab.symbols) else "\ufffd" for s in val)
+
+
+def test_a_vocabulary_cap_that_min_count_already_meets_still_holds_with_the_replacement_symbol(storage, wiki_text):
+    full_counts = wiki_text.manifest["vocab"]["counts"]
+    min_count = 50
+    frequent = [s for s, c in full_counts.items() if c >= min_count]
+    assert 2 < len(frequent) < len(full_counts)  # min_count drops symbols
+    capped = build_corpus(
+        storage, "wikipedia", {"variant": "text"}, normalize={"max_vocab": len(frequent), "min_count": min_count}
+    )
+    vocab = Vocab.from_json(capped.manifest["vocab"])
+    assert len(vocab) == len(frequent) and vocab.replacement == "\ufffd" in vocab.symbols
+    kept = sorted(frequent, key=lambda s: (-full_counts[s], s))[: len(frequent) - 1]
+    assert set(vocab.symbols) == {*kept, "\ufffd"}
