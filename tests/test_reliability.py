@@ -498,6 +498,31 @@ def test_sampling_what_is_not_a_checkpoint_is_refused_in_one_line(case, trained_
     refused(invoke("sample", target, "--prime", "A", "--length", "5"), expected)
 
 
+TRAINER_STATES = {
+    "missing": (None, "trainer.json: missing from the checkpoint"),
+    "cut short": ("truncated", "trainer.json: not valid JSON"),
+    "not the trainer's": (b'{"step": 40}', "trainer.json: not an rnnfarm checkpoint's trainer state"),
+}
+
+
+@pytest.mark.parametrize("case", list(TRAINER_STATES))
+def test_resuming_from_a_checkpoint_whose_trainer_state_is_missing_or_corrupt_is_refused_in_one_line(
+    case, trained_checkpoint, shakespeare, tmp_path
+):
+    content, expected = TRAINER_STATES[case]
+    resume = tmp_path / "resume"
+    folder = shutil.copytree(trained_checkpoint, resume / trained_checkpoint.name)
+    trainer = folder / "trainer.json"
+    if content is None:
+        trainer.unlink()
+    else:
+        trainer.write_bytes(trainer.read_bytes()[:100] if content == "truncated" else content)
+    job = make_spec(str(tmp_path / "storage"), model={"layers": 2}, train={"steps": 60, "eval_every": 20})
+    with pytest.raises(UserError, match=re.escape(expected)) as error:
+        train(Job(job, shakespeare.folder, Run(Store.at(job.storage) / "runs" / "r").trial()), LocalSession(resume))
+    assert "\n" not in str(error.value)
+
+
 # Security: nothing is ever unpickled
 
 
