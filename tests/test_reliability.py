@@ -287,15 +287,29 @@ def test_a_corpus_build_killed_while_writing_leaves_no_manifest_and_the_next_bui
 
 @contextlib.contextmanager
 def mounted(folder: Path, options: str):
-    """A tmpfs mounted at ``folder`` (root only); the test is skipped where this machine refuses mounts."""
+    """A tmpfs mounted at ``folder`` (root only). Where this machine refuses mounts the test is skipped, saying
+    why; in CI (``CI=true``) it fails instead, so that a CI run cannot pass without trying the fault."""
     folder.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        why = f"cannot mount a tmpfs here: {(done.stderr.decode().strip().splitlines() or ['mount failed'])[0]}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{why}; CI=true, so this fault must be tried: run the tests as root where mounts are allowed")
+        pytest.skip(why)
     try:
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_in_ci_a_fault_test_whose_tmpfs_cannot_be_mounted_fails_instead_of_skipping(tmp_path, monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(BaseException) as outcome, mounted(tmp_path / "refused", "size=not-a-size"):
+        pass  # mount refuses the option: a real refusal, as where mounts are not allowed
+    assert outcome.type is pytest.fail.Exception and "CI=true" in str(outcome.value)
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match="cannot mount a tmpfs here"), mounted(tmp_path / "r", "size=x"):
+        pass
 
 
 def test_storage_under_a_file_is_refused_before_anything_runs(tmp_path):
