@@ -255,3 +255,19 @@ def test_a_vocabulary_cap_that_min_count_already_meets_still_holds_with_the_repl
     assert len(vocab) == len(frequent) and vocab.replacement == "\ufffd" in vocab.symbols
     kept = sorted(frequent, key=lambda s: (-full_counts[s], s))[: len(frequent) - 1]
     assert set(vocab.symbols) == {*kept, "\ufffd"}
+
+
+SHARE_TOLERANCE = 0.015  # of the corpus's characters: its largest .tex file alone is 4.6% of them
+
+
+@pytest.mark.parametrize("val, test", [(0.1, 0.0), (0.1, 0.1), (0.05, 0.05)])
+def test_document_splits_hold_each_splits_character_share_near_its_target(storage, val, test):
+    built = build_corpus(storage, "latex", val=val, test=test)
+    splits, targets = built.manifest["splits"], {"train": 1 - val - test, "val": val, "test": test}
+    total = sum(s["chars"] for s in splits.values())
+    for name, target in targets.items():
+        share = splits[name]["chars"] / total if name in splits else 0.0
+        assert abs(share - target) <= SHARE_TOLERANCE, (name, share, target)
+        assert name not in splits or splits[name]["share"] == round(share, 6)  # the manifest records it
+    again = build_corpus(Store.at(str(Path(storage.url) / "again")), "latex", val=val, test=test)
+    assert {s: documents_of(again, s) for s in splits} == {s: documents_of(built, s) for s in splits}

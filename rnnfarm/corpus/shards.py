@@ -29,7 +29,7 @@ from .normalize import Tally
 from .sources import cache_dir
 
 MANIFEST = "manifest.json"
-FORMAT = 2
+FORMAT = 3  # 3: document splits held to their character shares, each split's share recorded
 SCHEMA = pa.schema([("doc", pa.string()), ("text", pa.large_string())])
 ROW_CHARS = 1 << 20  # a longer document is stored as several consecutive rows
 BATCH_CHARS = 4 << 20  # text per Arrow record batch
