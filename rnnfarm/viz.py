@@ -64,18 +64,20 @@ class Trace:
         spread[self.read] = values
         return spread
 
+    @property
+    def how_unknown_are_read(self) -> str:
+        return f"read as {self.replacement!r}" if self.replacement is not None else "skipped"
+
     def unknown_note(self) -> str:
         """The header's count of the characters outside the vocabulary, and how the network read them."""
         count = int(self.unknown.sum())
         if not count:
             return ""
         shown = "".join(sorted(set(np.array(list(self.text))[self.unknown].tolist())))
-        how = (
-            f"read as {self.replacement!r}"
-            if self.replacement is not None
-            else "skipped: the network did not read them"
+        return (
+            f"{count} character(s) outside the model's vocabulary ({shown[:40]!r}), shown grey: "
+            f"{self.how_unknown_are_read} by the network"
         )
-        return f"{count} character(s) outside the model's vocabulary ({shown[:40]!r}), shown grey and not scored; {how}"
 
 
 def read_text(source: str, max_chars: int) -> tuple[str, int]:
@@ -226,8 +228,9 @@ def _legend(left: str, right: str, colour) -> str:
 
 
 def _unknown_span(tr: Trace, ch: str) -> str:
-    how = f"read as {tr.replacement!r}" if tr.replacement is not None else "skipped"
-    return f'<span class=u title="outside the vocabulary: {escape(how)}">{pages.char_html(ch)}</span>'
+    return (
+        f'<span class=u title="outside the vocabulary: {escape(tr.how_unknown_are_read)}">{pages.char_html(ch)}</span>'
+    )
 
 
 def _coloured(tr: Trace, values: np.ndarray) -> str:
@@ -347,8 +350,7 @@ def predictions_page(tr: Trace, vocab: Vocab, meta: dict[str, Any], title: str, 
             for g in (guesses[j] if j >= 0 else ())
         )
         if tr.unknown[i]:
-            how = f"read as {tr.replacement!r}" if j >= 0 else "skipped"
-            heading, cls, style = f"{_symbol(ch)}: outside the vocabulary, {how}", "p u", ""
+            heading, cls, style = f"{_symbol(ch)}: outside the vocabulary, {tr.how_unknown_are_read}", "p u", ""
         elif math.isnan(own[j]):
             heading, cls, style = "first character: nothing predicted it", "p", ' style="background:#eee"'
         else:
@@ -362,10 +364,11 @@ def predictions_page(tr: Trace, vocab: Vocab, meta: dict[str, Any], title: str, 
     scored[0] = False
     seen = own[scored]
     mean_bits = float(-np.log2(np.maximum(seen, 1e-12)).mean()) if len(seen) else math.nan
+    over = " (its characters of the vocabulary)" if tr.unknown.any() else ""
     body = [
         f"<h1>Predictions: {escape(title)}</h1>",
         f"<p class=meta>{escape(_about(meta, len(tr.text), total or len(tr.text)))} · "
-        f"{mean_bits:.3f} bits/char on this text</p>",
+        f"{mean_bits:.3f} bits/char on this text{over}</p>",
         _unknown_paragraph(tr),
         "<p>Each character is coloured by the probability the model gave it before reading it. "
         f"Hover a character for that probability and the model's top {top} guesses for the next character.</p>",
