@@ -155,12 +155,13 @@ class KneserNey:
             self.start[j] = tables[j].add(key, self.start[j - 1 : j], counted=False)[0]
         state, tokens = self.start.copy(), 0
         for piece in _pieces(chunks):
-            below = np.zeros(len(piece), np.int64)
+            below, last = np.zeros(len(piece), np.int64), state.copy()
             for k in range(1, max_order + 1):
                 context = np.concatenate([state[k - 1 : k], below[:-1]])
                 below = tables[k].add(context * self.base + piece, below)
                 if k < max_order:
-                    state[k] = below[-1]
+                    last[k] = below[-1]
+            state = last
             tokens += len(piece)
         if tokens == 0:
             raise UserError("no text to fit an n-gram model on: the train split is empty")
@@ -192,8 +193,8 @@ class KneserNey:
         for k in range(1, top + 1):
             contexts.append(np.concatenate([state[k - 1 : k], grams[k - 1][:-1]]))
             grams.append(self.tables[k].find(contexts[k], piece, self.base))
-            if k < self.max_order:
-                state[k] = grams[k][-1]
+        for k in range(1, min(top + 1, self.max_order)):  # the n-grams ending here are the next piece's contexts
+            state[k] = grams[k][-1]
         return contexts, grams
 
     def _probabilities(
