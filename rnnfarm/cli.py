@@ -114,6 +114,7 @@ def report_end(info, run_url: str | None = None) -> int:
 
 
 def print_outcome(outcome) -> None:
+    from .insight import ngram
     from .leaderboard import format_table
 
     best, run = outcome.best, outcome.run
@@ -126,6 +127,9 @@ def print_outcome(outcome) -> None:
     )
     if "test_loss" in best:
         click.echo(f"test loss {best['test_loss']:.4f} nats/char ({best['test_bpc']:.4f} bits/char) at that checkpoint")
+    ngrams = ngram.of_run(outcome.record, run.store.options)
+    if ngrams is not None:
+        click.echo(f"n-gram baseline: val {ngram.line(ngrams)}")
     click.echo(f"best checkpoint: {best['url']}")
     click.echo(f"leaderboard:     {run.store.url}/leaderboard.csv")
     click.echo(f"samples:         {run.trial(best['trial']).url}/samples.txt")

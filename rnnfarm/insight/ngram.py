@@ -282,6 +282,27 @@ def cached(folder: Store) -> Baseline | None:
     return Baseline.from_json(data)
 
 
+def of_run(record: dict[str, Any], options: dict[str, Any] | None = None) -> Baseline | None:
+    """The stored figures of a run's corpus (the corpus its record names); None when it has none or is out of
+    reach, so that a summary or report goes on without them."""
+    url = (record.get("corpus") or {}).get("url")
+    if not url:
+        return None
+    try:
+        return cached(Store.at(url, options))
+    except (UserError, OSError, ValueError, KeyError):
+        return None
+
+
+def line(result: Baseline) -> str | None:
+    """One line on the best order's val figure, to stand beside a model's."""
+    best = result.best("val")
+    if best is None:
+        return None
+    order, nats = best
+    return f"{nats:.4f} nats/char ({nats / math.log(2):.4f} bits/char), order {order} interpolated Kneser-Ney"
+
+
 def baseline(folder: Store, *, orders: Sequence[int] = ORDERS, refit: bool = False) -> Baseline:
     """Fit the n-gram model of each order on the train split of the corpus at ``folder`` and score its val and
     test splits; reuses (and extends) the figures stored for that corpus unless ``refit``."""
