@@ -48,6 +48,23 @@ def _discount(counts: np.ndarray) -> float:
     return n1 / (n1 + 2 * n2) if n1 else NO_SINGLETONS_DISCOUNT
 
 
+def _unique(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(keys, return_inverse=True)`` for non-negative keys, sorting each key packed with its position
+    in one int64 where both fit: a plain sort is several times faster than the argsort ``np.unique`` does."""
+    n = len(keys)
+    shift = max(n - 1, 1).bit_length()
+    if n == 0 or int(keys.max()) >= 1 << (62 - shift):
+        return np.unique(keys, return_inverse=True)
+    packed = np.sort((keys << shift) | np.arange(n, dtype=np.int64))
+    ordered = packed >> shift
+    starts = np.empty(n, bool)
+    starts[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+    inverse = np.empty(n, np.int64)
+    inverse[packed & ((1 << shift) - 1)] = np.cumsum(starts) - 1
+    return ordered[starts], inverse
+
+
 def _pieces(chunks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
     for chunk in chunks:
         for start in range(0, len(chunk), CHUNK):
@@ -70,7 +87,7 @@ class _Table:
     def add(self, keys: np.ndarray, below: np.ndarray, counted: bool = True) -> np.ndarray:
         """The node ids of n-grams at each position (``below``: the n-gram one shorter ending there), adding
         the unseen ones; with ``counted``, each position counts once."""
-        unique, inverse = np.unique(keys, return_inverse=True)
+        unique, inverse = _unique(keys)
         suffix = np.empty(len(unique), np.int64)
         suffix[inverse] = below  # the same for every position of an n-gram
         pos = np.searchsorted(self.keys, unique)
@@ -93,7 +110,7 @@ class _Table:
         """Node ids of (context node, symbol) pairs; -1 where the context is unknown or the n-gram unseen."""
         nodes = np.full(len(context), -1, np.int64)
         where = np.flatnonzero(context >= 0)
-        unique, inverse = np.unique(context[where] * base + symbols[where], return_inverse=True)
+        unique, inverse = _unique(context[where] * base + symbols[where])
         pos = np.minimum(np.searchsorted(self.keys, unique), len(self.keys) - 1)  # sorted queries: fast
         found = np.where(self.keys[pos] == unique, self.ids[pos], -1)
         nodes[where] = found[inverse]
@@ -181,11 +198,6 @@ class KneserNey:
                 self.continuation.append(_Level.of(preceded, parent, contexts))
         for table in tables:
             table.suffix = table.counts = np.zeros(0, np.int64)  # kept in the levels; the keys stay for lookups
-
-    @property
-    def sizes(self) -> list[int]:
-        """How many distinct n-grams (trie nodes, start-symbol ones included) each order holds."""
-        return [len(t.keys) for t in self.tables[1:]]
 
     def _walk(self, piece: np.ndarray, state: np.ndarray, top: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """For each position and order k <= top: the context node (order k - 1) and the n-gram node (order k)."""
