@@ -196,8 +196,7 @@ class KneserNey:
                 above = tables[k + 1]
                 preceded = np.bincount(above.suffix[above.counts > 0], minlength=table.size)
                 self.continuation.append(_Level.of(preceded, parent, contexts))
-        for table in tables:
-            table.suffix = table.counts = np.zeros(0, np.int64)  # kept in the levels; the keys stay for lookups
+            table.suffix = table.counts = np.zeros(0, np.int64)  # in the levels now; the keys stay for lookups
 
     def _walk(self, piece: np.ndarray, state: np.ndarray, top: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """For each position and order k <= top: the context node (order k - 1) and the n-gram node (order k)."""
