@@ -9,6 +9,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 import pytest
+import s3fs
 from click.testing import CliRunner
 
 from rnnfarm.cli import cli
@@ -155,6 +156,18 @@ def test_the_cli_prints_each_orders_val_figures_for_a_built_corpus(corpus_copy):
     assert figures[1][1] == pytest.approx(figures[1][0] / math.log(2), abs=1e-4)
     assert lines[4].startswith("best on val: order 4, ")
     assert (corpus_copy / ngram.CACHE).exists()
+
+
+def test_the_cli_fits_a_corpus_on_s3_and_keeps_the_figures_there(shakespeare, s3, monkeypatch):
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    url = "s3://rnnfarm-test/corpora/shakespeare/tiny"
+    Store.at(url).upload(shakespeare.folder.url)
+    result = CliRunner().invoke(cli, ["baseline", url, "-n", "3"])
+    assert result.exit_code == 0, result.output
+    assert f"figures kept at {url}/{ngram.CACHE}" in result.output
+    assert ngram.cached(Store.at(url)).nats == ngram.baseline(Store.at(url), orders=[3]).nats
 
 
 def test_the_cli_refuses_an_order_out_of_range_and_a_folder_without_a_corpus(corpus_copy, tmp_path):
