@@ -15,6 +15,7 @@ from typing import Any
 from . import archive, leaderboard, log, pages, viz
 from .corpus import shards
 from .errors import UserError
+from .insight import ngram
 from .runs import Run
 from .sample import load
 from .storage import Store
@@ -180,6 +181,9 @@ def render(run: Run, text: str | None = None) -> dict[str, str]:
             f"best val loss <b>{best['val_loss']:.4f}</b> nats/char ({best['val_loss'] / math.log(2):.4f} "
             f"bits/char) at step {best['step']} of trial {escape(best['trial'])}"
         )
+    ngrams = ngram.of_run(record, run.store.options)
+    if ngrams is not None:
+        facts.append(f"n-gram baseline: val {escape(ngram.line(ngrams))}")
     links = " · ".join(
         f'<a href="{name}">{label}</a>'
         for name, label in ((NEURONS, "neurons"), (PREDICTIONS, "predictions"))

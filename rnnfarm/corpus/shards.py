@@ -286,6 +286,19 @@ def read_tokens(folder: Store, manifest: dict[str, Any], split: str, start: int,
     return out
 
 
+def iter_tokens(folder: Store, manifest: dict[str, Any], split: str, vocab: Vocab) -> Iterator[np.ndarray]:
+    """Token ids of a whole split, one record batch at a time (each shard verified once): a stream
+    whose memory is one batch's, whatever the split's size."""
+    info = _split(folder, manifest, split)
+    if vocab.level != manifest["vocab"].get("level", "char"):
+        raise ValueError(f"a {vocab.level}-level vocabulary cannot read a {manifest['vocab']['level']}-level corpus")
+    for shard in info["shards"]:
+        with _open(folder, shard) as reader:
+            for i in range(reader.num_record_batches):
+                utf8 = _utf8(reader.get_batch(i).column("text"))
+                yield vocab.ids(utf8) if vocab.level == "byte" else vocab.encode(utf8.tobytes().decode("utf-8"))
+
+
 def read_split(folder: Store, manifest: dict[str, Any], split: str) -> str:
     """A whole split as one string (for small corpora, inspection and tests)."""
     texts = []
