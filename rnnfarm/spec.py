@@ -52,7 +52,7 @@ class TrainSpec(Section):
     steps: Positive = 1000
     batch_size: Positive = 32
     seq_len: Positive = 128
-    optimizer: Literal["adam", "adamw", "rmsprop"] = "adam"
+    optimizer: Literal["adam", "adamw", "rmsprop", "sgd"] = "adam"
     lr: PositiveFloat = 2e-3
     # adam, rmsprop: an L2 term in every gradient; adamw: decoupled decay of the weight matrices only
     weight_decay: Annotated[float, Field(ge=0)] = 0.0

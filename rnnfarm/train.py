@@ -117,6 +117,8 @@ def make_optimizer(model: torch.nn.Module, t: TrainSpec) -> torch.optim.Optimize
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
         return torch.optim.AdamW(groups, lr=t.lr)
+    if t.optimizer == "sgd":  # plain: the update is the averaged gradient times the learning rate
+        return torch.optim.SGD(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     if t.optimizer == "rmsprop":
         return torch.optim.RMSprop(model.parameters(), lr=t.lr, alpha=0.95, weight_decay=t.weight_decay)
     return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
@@ -230,6 +232,7 @@ def train(job: Job, session: Session) -> dict[str, Any]:
     chars_per_step = world * t.batch_size * t.seq_len
     # Per-step losses stay on the device: reading one waits for the device, so it is done only to log.
     losses = torch.zeros(min(t.eval_every, t.steps), device=device)
+    norms = torch.zeros_like(losses)  # each step's gradient norm before clipping (when it clips)
     done, logged = 0, 0  # steps since the last evaluation; of them, already logged
     started = interval = time.perf_counter()
     interval_cpu = time.process_time()
@@ -248,8 +251,8 @@ def train(job: Job, session: Session) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         session.average_gradients(raw)
-        if t.grad_clip:
-            torch.nn.utils.clip_grad_norm_(raw.parameters(), t.grad_clip)
+        if t.grad_clip:  # after averaging: the workers' mean gradient is what gets clipped
+            norms[done] = torch.nn.utils.clip_grad_norm_(raw.parameters(), t.grad_clip)
         optimizer.step()
         losses[done] = loss.detach()
         step, done = step + 1, done + 1
@@ -275,6 +278,7 @@ def train(job: Job, session: Session) -> dict[str, Any]:
             "val_bpc": val_loss / LN2,
             "best_val_loss": best,
             "lr": optimizer.param_groups[0]["lr"],
+            "grad_norm": float(norms[:done].mean()) if t.grad_clip else None,  # mean over the interval, pre-clip
             "chars": step * chars_per_step,
             "chars_per_s": done * chars_per_step / train_time,
             "step_time_s": train_time / done,
