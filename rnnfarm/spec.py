@@ -66,6 +66,13 @@ class TrainSpec(Section):
     log_every: Positive = 50
     keep_best: Positive = 2
     max_failures: Annotated[int, Field(ge=-1)] = 1
+    max_rollbacks: int = Field(
+        3, ge=0, description="rollbacks to the last good checkpoint a diverging run may take before it stops"
+    )
+    rollback_lr_factor: float = Field(0.5, gt=0, lt=1, description="each rollback multiplies the learning rate by this")
+    explode_factor: float = Field(
+        3.0, gt=1, description="an interval's train loss this many times the last good one's (first: ln vocab) diverged"
+    )
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     seed: int = 1337
 
