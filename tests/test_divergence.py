@@ -97,13 +97,13 @@ def test_a_run_whose_two_workers_diverge_fails_in_one_line_and_stores_no_nan(ray
 
 def test_a_nan_val_loss_is_never_ranked_or_promoted(tmp_path):
     trial = Store.at(str(tmp_path)) / "trials" / "main"
-    for step, val in [(10, 2.5), (20, math.nan)]:
+    for step, val in [(10, math.nan), (20, 2.5)]:  # a NaN first: min() would keep it
         (trial / "metrics" / f"step-{step:06d}.json").write_json({"step": step, "val_loss": val, "chars": step})
         (trial / f"checkpoint-{step:06d}" / "meta.json").write_json({"step": step, "val_loss": val})
     names = [{"checkpoint_dir_name": f"checkpoint-{s:06d}"} for s in (10, 20)]
     (trial / leaderboard.RAY_SNAPSHOT).write_json({"checkpoint_results": names})  # as Ray's manager writes it
 
     kept = leaderboard.best_checkpoint(trial)
-    assert kept[0] == "checkpoint-000010"
+    assert kept[0] == "checkpoint-000020"
     row = leaderboard.row(trial, TrialEnd("main", "completed", {}, 1.0), kept)
-    assert (row["best_val_loss"], row["best_step"]) == (2.5, 10)
+    assert (row["best_val_loss"], row["best_step"]) == (2.5, 20)
