@@ -71,7 +71,9 @@ class TrainSpec(Section):
     )
     rollback_lr_factor: float = Field(0.5, gt=0, lt=1, description="each rollback multiplies the learning rate by this")
     explode_factor: float = Field(
-        3.0, gt=1, description="an interval's train loss this many times the last good one's (first: ln vocab) diverged"
+        3.0,
+        gt=1,
+        description="an interval's train loss over this many times the lowest so far (first: ln vocab) diverged",
     )
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     seed: int = 1337

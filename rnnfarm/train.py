@@ -269,9 +269,10 @@ class Guard:
         """Restore the last good state with the learning rate cut; past ``max_rollbacks``, stop the trial."""
         t, good = self.t, copy.deepcopy(self.good)  # the optimizer keeps the tensors it is given
         if self.rollbacks >= t.max_rollbacks:
+            cut = f" to the last good checkpoint, the learning rate cut to {self.lr_scale:g} x train.lr"
             raise Diverged(
-                f"training diverged at step {step} ({why}) after {self.rollbacks} rollback(s) to the last good "
-                f"checkpoint, the learning rate cut to {self.lr_scale:g} x train.lr: lower train.lr (now {t.lr:g})"
+                f"training diverged at step {step} ({why}) after {self.rollbacks} rollback(s)"
+                f"{cut if self.rollbacks else ''}: lower train.lr (now {t.lr:g})"
                 f"{'' if t.grad_clip else ', set train.grad_clip'} or raise train.max_rollbacks"
             )
         self.rollbacks, self.lr_scale = self.rollbacks + 1, self.lr_scale * t.rollback_lr_factor
