@@ -41,10 +41,16 @@ def registered(trial: Store) -> list[str]:
     return [r["checkpoint_dir_name"] for r in snapshot.read_json()["checkpoint_results"]]
 
 
+def rankable(val_loss: Any) -> bool:
+    """Whether a val loss can rank: a finite number (a NaN would compare as neither better nor worse)."""
+    return isinstance(val_loss, int | float) and math.isfinite(val_loss)
+
+
 def best_checkpoint(trial: Store) -> tuple[str, dict[str, Any]] | None:
     """The trial's kept checkpoint with the lowest val loss, among those Ray Train registered."""
     metas = [trial / name / checkpoint.META for name in registered(trial)]
     found = [(meta.parent.name, meta.read_json()) for meta in metas if meta.exists()]
+    found = [(name, meta) for name, meta in found if rankable(meta.get("val_loss"))]
     return min(found, key=lambda f: f[1]["val_loss"]) if found else None
 
 
@@ -57,7 +63,8 @@ def evaluations(trial: Store) -> list[dict[str, Any]]:
 def row(trial: Store, end: TrialEnd, kept: tuple[str, dict[str, Any]] | None) -> dict[str, Any]:
     """The trial's line: its settings, its evaluations' best, and its best kept checkpoint."""
     metrics = evaluations(trial)
-    best_eval = min(metrics, key=lambda m: m["val_loss"]) if metrics else None
+    finite = [m for m in metrics if rankable(m.get("val_loss"))]
+    best_eval = min(finite, key=lambda m: m["val_loss"]) if finite else None
     return {
         "trial": end.trial,
         "status": end.status,

@@ -2,6 +2,7 @@
 
 <storage>/runs/<run>/spec.yaml, run.json, SHA256SUMS, best/{model.safetensors, samples.json, meta.json}
 <storage>/runs/<run>/trials/<trial>/{checkpoint-NNNNNN/, samples/step-NNNNNN.json, metrics/step-NNNNNN.json}
+                                    diverged.json: why a trial stopped diverging (distributed.DIVERGED)
 
 What a reader can rely on: every object is whole (storage.py). A trial's checkpoint folder is uploaded
 file by file (``meta.json`` last) and counts only once Ray's checkpoint manager has registered it
