@@ -1,15 +1,18 @@
 """Training throughput: rnnfarm's loop against a plain PyTorch loop of the same model, in the same run.
 
 rnnfarm's figure is the ``chars_per_s`` its own loop reports (``train()`` in-process on a
-``LocalSession``: one worker, data loading from the corpus shards included). The plain loop is the
-hand-written way: the same embedding -> LSTM -> linear model, batch, sequence length, optimizer and
-clipping, the hidden state carried between windows of a token tensor held in memory. Both start from
-the same weights and read the same streams at a constant learning rate, so they compute the same
-numbers and only the loops around them differ. Repetitions
-alternate between the two (and which goes first) so other load on the machine hits both alike; the
-ratio is the median of the per-repetition ratios (their range is printed too: on a machine shared with
-other work, single repetitions swing). "per CPU-s" is the same ratio in chars per CPU-second of the
-process, which time spent waiting for a core does not inflate.
+``LocalSession``: one worker). The plain loop is the hand-written way: the same embedding -> LSTM ->
+linear model, batch, sequence length, optimizer and clipping, the hidden state carried between windows
+of a token tensor held in memory. Neither times data loading: rnnfarm's loop reads its streams' tokens
+from the corpus shards before its first step, as the plain loop gets its tensor before its timer
+starts, and inside the timed steps both take each window from memory. Both start from the same weights
+and read the same streams at a constant learning rate, so they compute the same numbers and only the
+loops around them differ: before timing, each size's first steps are run in both loops and their
+losses must agree (``same_losses``). Repetitions alternate between the two (and which goes first) so
+other load on the machine hits both alike; the ratio is the median of the per-repetition ratios (their
+range is printed too: on a machine shared with other work, single repetitions swing). "per CPU-s" is
+the same ratio in chars per CPU-second of the process, which time spent waiting for a core does not
+inflate.
 
     .venv/bin/python bench/throughput.py --sizes 2x128,2x512,3x512 --precision fp32 --reps 3
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -37,6 +41,7 @@ from rnnfarm.engine.streams import load_tokens
 from rnnfarm.storage import Store
 
 SEED, LR = 1337, 2e-3  # both loops start from the same weights and take the same steps
+CHECKED_STEPS = 3  # steps whose losses must agree between the loops
 
 
 def job_spec(args: argparse.Namespace, layers: int, hidden: int) -> spec.JobSpec:
@@ -73,6 +78,16 @@ def rnnfarm_loop(args: argparse.Namespace, built, layers: int, hidden: int) -> t
     return metrics["chars_per_s"], args.batch * args.seq_len / metrics["step_cpu_s"]
 
 
+def rnnfarm_losses(args: argparse.Namespace, built, layers: int, hidden: int, steps: int) -> list[float]:
+    """The train loss of each of rnnfarm's first ``steps`` steps (an evaluation after every step records it)."""
+    job = job_spec(args, layers, hidden)
+    job = job.model_copy(update={"train": job.train.model_copy(update={"steps": steps, "eval_every": 1})})
+    with tempfile.TemporaryDirectory(prefix="rnnfarm-bench-") as tmp:
+        trial = Store.at(tmp) / "trial"
+        train(Job(job, built.folder, trial), LocalSession(Path(tmp) / "checkpoints", device=args.device))
+        return [(trial / "metrics" / f"step-{s:06d}.json").read_json()["train_loss"] for s in range(1, steps + 1)]
+
+
 class PlainLSTM(nn.Module):
     def __init__(self, vocab: int, embedding: int, hidden: int, layers: int) -> None:
         super().__init__()
@@ -91,8 +106,9 @@ class PlainLSTM(nn.Module):
 
 def plain_loop(
     args: argparse.Namespace, tokens: torch.Tensor, vocab: int, layers: int, hidden: int
-) -> tuple[float, float]:
-    """The textbook loop: B contiguous streams, windows of T, state carried and detached, Adam, clipping."""
+) -> tuple[float, float, list[float]]:
+    """The textbook loop: B contiguous streams, windows of T, state carried and detached, Adam, clipping.
+    Returns chars per second, per CPU second, and each step's loss (kept on the device until the end)."""
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = autocast_dtype(args.precision, device)
@@ -102,7 +118,7 @@ def plain_loop(
     B, T = args.batch, args.seq_len
     n = (len(tokens) - 1) // B
     x_all, y_all = tokens[: B * n].view(B, n), tokens[1 : B * n + 1].view(B, n)
-    state = None
+    state, losses = None, torch.zeros(args.steps, device=device)
     start, start_cpu = time.perf_counter(), time.process_time()
     for step in range(args.steps):
         a = (step * T) % (n - T)
@@ -117,9 +133,24 @@ def plain_loop(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
+        losses[step] = loss.detach()
     loss.item()  # waits for the device
     chars = args.steps * B * T
-    return chars / (time.perf_counter() - start), chars / (time.process_time() - start_cpu)
+    return chars / (time.perf_counter() - start), chars / (time.process_time() - start_cpu), losses.tolist()
+
+
+def same_losses(args: argparse.Namespace, built, tokens: torch.Tensor, vocab: int, layers: int, hidden: int) -> None:
+    """Both loops' losses over the first steps agree within float tolerance (bf16 autocast rounds more), so the
+    two compute the same numbers; raises AssertionError otherwise. Also warms both loops up."""
+    steps, args.steps = args.steps, CHECKED_STEPS
+    try:
+        ours = rnnfarm_losses(args, built, layers, hidden, CHECKED_STEPS)
+        theirs = plain_loop(args, tokens, vocab, layers, hidden)[2]
+    finally:
+        args.steps = steps
+    tolerance = 1e-5 if args.precision == "fp32" else 1e-3
+    if not all(math.isclose(a, b, rel_tol=tolerance) for a, b in zip(ours, theirs, strict=True)):
+        raise AssertionError(f"{layers}x{hidden}: the loops' first losses differ: rnnfarm {ours}, plain {theirs}")
 
 
 def main() -> None:
@@ -144,11 +175,10 @@ def main() -> None:
     tokens = torch.from_numpy(load_tokens(built.folder, built.manifest, "train", 0, n_train, vocab).astype("int64"))
 
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
-    # The first loop in a process pays one-off costs (kernel selection, allocator growth): warm both up.
-    steps, args.steps = args.steps, 3
-    rnnfarm_loop(args, built, *sizes[0])
-    plain_loop(args, tokens, len(vocab), *sizes[0])
-    args.steps = steps
+    # The first loop in a process pays one-off costs (kernel selection, allocator growth): the check warms both up.
+    for L, H in sizes:
+        same_losses(args, built, tokens, len(vocab), L, H)
+    print(f"both loops' first {CHECKED_STEPS} losses agree at every size", file=sys.stderr)
     figures: dict[str, dict[str, list[tuple[float, float]]]] = {
         f"{L}x{H}": {"rnnfarm": [], "plain": []} for L, H in sizes
     }
@@ -160,7 +190,7 @@ def main() -> None:
                 "plain": lambda L=L, H=H: plain_loop(args, tokens, len(vocab), L, H),
             }
             for name in ["rnnfarm", "plain"] if rep % 2 == 0 else ["plain", "rnnfarm"]:
-                figures[size][name].append(runs[name]())
+                figures[size][name].append(runs[name]()[:2])
             done = ", ".join(f"{name} {v[-1][0]:,.0f}" for name, v in figures[size].items())
             print(f"rep {rep + 1}/{args.reps} {size}: {done} chars/s", file=sys.stderr)
 

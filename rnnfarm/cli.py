@@ -115,6 +115,7 @@ def job_ended(info, run_url: str | None = None) -> int:
 
 
 def print_outcome(outcome) -> None:
+    from .insight import ngram
     from .runs.leaderboard import format_table
 
     best, run = outcome.best, outcome.run
@@ -127,6 +128,9 @@ def print_outcome(outcome) -> None:
     )
     if "test_loss" in best:
         click.echo(f"test loss {best['test_loss']:.4f} nats/char ({best['test_bpc']:.4f} bits/char) at that checkpoint")
+    ngrams = ngram.of_run(outcome.record, run.store.options)
+    if ngrams is not None:
+        click.echo(f"n-gram baseline: val {ngram.line(ngrams)}")
     click.echo(f"best checkpoint: {best['url']}")
     click.echo(f"leaderboard:     {run.leaderboard('csv').url}")
     click.echo(f"samples:         {run.trial(best['trial']).archive_text.url}")
@@ -493,6 +497,34 @@ def corpus_show(url: str, storage_option: tuple) -> None:
     from .storage import Store
 
     click.echo("\n".join(describe.show(Store.at(url, _assignments(storage_option, "-s")))))
+
+
+@cli.command()
+@click.argument("corpus_url")
+@click.option(
+    "--order",
+    "-n",
+    "orders",
+    multiple=True,
+    type=click.IntRange(min=1),
+    help="An n-gram order to fit (repeatable; default 1 to 10).",
+)
+@click.option("--refit", is_flag=True, help="Fit again even when the corpus folder holds figures for these orders.")
+@click.option("-s", "--storage-option", multiple=True, metavar="KEY=VALUE", help="An fsspec storage option.")
+@_guarded
+def baseline(corpus_url: str, orders: tuple[int, ...], refit: bool, storage_option: tuple) -> None:
+    """Fit character n-gram models (interpolated Kneser-Ney) on the train split of the built corpus at CORPUS_URL
+    and print each order's val and test nats/char and bits/char; the figures are kept in the corpus folder."""
+    from .insight import ngram
+    from .storage import Store
+
+    folder = Store.at(corpus_url, _assignments(storage_option, "-s"))
+    result = ngram.baseline(folder, orders=orders or ngram.ORDERS, refit=refit)
+    click.echo(f"n-gram baselines ({ngram.METHOD}), corpus {result.fingerprint}")
+    click.echo("\n".join(ngram.table(result)))
+    order, nats = result.best("val")
+    click.echo(f"best on val: order {order}, {nats:.4f} nats/char ({nats / math.log(2):.4f} bits/char)")
+    click.echo(f"fit on {result.tokens['train']:,} train chars; figures kept at {scrub((folder / ngram.CACHE).url)}")
 
 
 @cli.group()

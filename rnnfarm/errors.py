@@ -12,3 +12,7 @@ class UserError(Exception):
 
 class TrainingFailed(Exception):
     """Training itself failed (after the retries the spec allows): not a user error, exit code 1."""
+
+
+class Diverged(TrainingFailed):
+    """The loss kept diverging after the rollbacks the spec allows (``train.max_rollbacks``)."""

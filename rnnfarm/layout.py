@@ -3,7 +3,8 @@
     <storage>/runs/<run>/spec.yaml, run.json, SHA256SUMS, leaderboard.{parquet,csv}, report.html, report/, tune/
     <storage>/runs/<run>/best/{model.safetensors, meta.json, samples.json, config.json, samples.jsonl, samples.txt}
     <storage>/runs/<run>/trials/<trial>/config.json, checkpoint-NNNNNN/, metrics/step-NNNNNN.json,
-        samples/step-NNNNNN.json, samples.jsonl, samples.txt, checkpoint_manager_snapshot.json (Ray Train's)
+        samples/step-NNNNNN.json, samples.jsonl, samples.txt, diverged.json,
+        checkpoint_manager_snapshot.json (Ray Train's)
 
 The engine's loop writes a trial's ``metrics/`` and ``samples/`` through :class:`Trial`; ``runs/`` writes the
 run's record, its leaderboard and ``best/``; ``insight.report`` writes the report. What a checkpoint folder
@@ -24,6 +25,7 @@ LEADERBOARD = "leaderboard"  # .parquet and .csv
 REPORT_PAGE, REPORT_FOLDER = "report.html", "report"
 EXPERIMENT = "tune"  # Ray Tune's experiment folder of a sweep
 CONFIG = "config.json"  # a sweep trial's sampled settings
+DIVERGED = "diverged.json"  # why a trial stopped diverging
 ARCHIVE_JSONL, ARCHIVE_TEXT = "samples.jsonl", "samples.txt"
 BEST_SAMPLES = "samples.json"  # best/: the samples drawn at the promoted checkpoint's step
 METRICS, SAMPLES = "metrics", "samples"
@@ -84,6 +86,12 @@ class Trial:
     @property
     def config(self) -> Store:
         return self.store / CONFIG
+
+    @property
+    def diverged(self) -> Store:
+        """Why the trial's training stopped diverging. Ray Train retries a worker's error from the latest
+        checkpoint, which would only replay the same divergence (resume is exact), so the workers end without one."""
+        return self.store / DIVERGED
 
     @property
     def archive_jsonl(self) -> Store:

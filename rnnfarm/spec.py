@@ -52,7 +52,7 @@ class TrainSpec(Section):
     steps: Positive = 1000
     batch_size: Positive = 32
     seq_len: Positive = 128
-    optimizer: Literal["adam", "adamw", "rmsprop"] = "adam"
+    optimizer: Literal["adam", "adamw", "rmsprop", "sgd"] = "adam"
     lr: PositiveFloat = 2e-3
     # adam, rmsprop: an L2 term in every gradient; adamw: decoupled decay of the weight matrices only
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
@@ -66,6 +66,15 @@ class TrainSpec(Section):
     log_every: Positive = 50
     keep_best: Positive = 2
     max_failures: Annotated[int, Field(ge=-1)] = 1
+    max_rollbacks: int = Field(
+        3, ge=0, description="rollbacks to the last good checkpoint a diverging run may take before it stops"
+    )
+    rollback_lr_factor: float = Field(0.5, gt=0, lt=1, description="each rollback multiplies the learning rate by this")
+    explode_factor: float = Field(
+        3.0,
+        gt=1,
+        description="an interval's train loss over this many times the lowest so far (first: ln vocab) diverged",
+    )
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     seed: int = 1337
 

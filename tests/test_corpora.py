@@ -241,3 +241,33 @@ def test_a_vocabulary_cap_keeps_the_most_frequent_symbols_and_replaces_the_rest(
     val = shards.read_split(capped.folder, capped.manifest, "val")
     ids = shards.read_tokens(capped.folder, capped.manifest, "val", 0, len(val), vocab)
     assert vocab.decode(ids) == "".join(s if s in set(vocab.symbols) else "\ufffd" for s in val)
+
+
+def test_a_vocabulary_cap_that_min_count_already_meets_still_holds_with_the_replacement_symbol(storage, wiki_text):
+    full_counts = wiki_text.manifest["vocab"]["counts"]
+    min_count = 50
+    frequent = [s for s, c in full_counts.items() if c >= min_count]
+    assert 2 < len(frequent) < len(full_counts)  # min_count drops symbols
+    capped = build_corpus(
+        storage, "wikipedia", {"variant": "text"}, normalize={"max_vocab": len(frequent), "min_count": min_count}
+    )
+    vocab = Vocab.from_json(capped.manifest["vocab"])
+    assert len(vocab) == len(frequent) and vocab.replacement == "\ufffd" in vocab.symbols
+    kept = sorted(frequent, key=lambda s: (-full_counts[s], s))[: len(frequent) - 1]
+    assert set(vocab.symbols) == {*kept, "\ufffd"}
+
+
+SHARE_TOLERANCE = 0.015  # of the corpus's characters: its largest .tex file alone is 4.6% of them
+
+
+@pytest.mark.parametrize("val, test", [(0.1, 0.0), (0.1, 0.1), (0.05, 0.05)])
+def test_document_splits_hold_each_splits_character_share_near_its_target(storage, val, test):
+    built = build_corpus(storage, "latex", val=val, test=test)
+    splits, targets = built.manifest["splits"], {"train": 1 - val - test, "val": val, "test": test}
+    total = sum(s["chars"] for s in splits.values())
+    for name, target in targets.items():
+        share = splits[name]["chars"] / total if name in splits else 0.0
+        assert abs(share - target) <= SHARE_TOLERANCE, (name, share, target)
+        assert name not in splits or splits[name]["share"] == round(share, 6)  # the manifest records it
+    again = build_corpus(Store.at(str(Path(storage.url) / "again")), "latex", val=val, test=test)
+    assert {s: documents_of(again, s) for s in splits} == {s: documents_of(built, s) for s in splits}

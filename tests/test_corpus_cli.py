@@ -32,7 +32,7 @@ def test_build_prints_the_summary_and_location_then_skips_a_rebuild(tmp_path):
     assert first.startswith("built: corpus shakespeare (plugin version 2, rnnfarm 0.1.0), fingerprint ")
     fingerprint = first.rsplit(" ", 1)[1]
     assert f"location: {storage}/corpora/shakespeare/{fingerprint}" in result.stdout
-    assert "val            1    111,540    111,540    111,540       1" in result.stdout
+    assert "val            1    111,540  10.00%    111,540    111,540       1" in result.stdout
     assert "vocabulary: 65 symbols (char level), 0 tokens replaced" in result.stdout
     assert TINY_SHA256 in result.stdout
 
@@ -59,8 +59,9 @@ def test_show_prints_splits_vocabulary_sources_policy_and_fingerprint(tmp_path):
     assert f"  sha256:      {TINY_SHA256} (1 file)" in out
     assert "normalization: level='char', unicode='NFC', invalid_utf8='replace'" in out
     assert "separator='\\n\\n'" in out
-    assert "splits:        by position, val 0.1, test 0.0; 1 documents" in out
-    assert "  val            1    111,540" in out
+    assert "splits:        by position, target shares of the characters val 10.00%, test 0.00%; 1 documents" in out
+    assert "  val            1    111,540  10.00%" in out
+    assert "  train          1  1,003,854  90.00%" in out
     assert "vocabulary:    65 symbols (char level)" in out
     assert "' ' 169,892" in out and "'\\n' 40,000" in out  # counts, the most frequent first
 

@@ -19,8 +19,10 @@ import torch
 from safetensors.torch import load_file
 
 from rnnfarm.engine.loop import Job, LocalSession, train
+from rnnfarm.engine.model import CharRNN
 from rnnfarm.launch import pipeline
 from rnnfarm.layout import Run
+from rnnfarm.spec import ModelSpec
 from rnnfarm.storage import Store
 
 from .conftest import make_spec
@@ -67,6 +69,24 @@ def test_two_workers_with_batch_b_reach_the_weights_of_one_worker_with_batch_2b(
     moved = max_difference(weights(folder), start)
     assert max_difference(two_workers, weights(folder)) < 5e-5 < 1e-2 < moved
     assert max_difference(weights(half), weights(folder)) > 1e-3  # half the batch is measurably another run
+
+
+@pytest.mark.parametrize("grad_clip", [None, 0.05], ids=["unclipped", "clipped"])
+def test_two_sgd_workers_average_their_gradients_then_clip_the_mean(ray_local, shakespeare, tmp_path, grad_clip):
+    # Plain SGD moves the weights by lr x the gradient it is given: the workers' summed gradient would move
+    # them twice as far; each worker clipping its own gradient before the average would move them elsewhere.
+    options = {"optimizer": "sgd", "lr": 2.0, "grad_clip": grad_clip, "steps": 3, "eval_every": 1}
+    outcome = pipeline.run(spec_for(tmp_path / "ray", workers=2, batch=8, **options))
+    trial = Path(outcome.run.trial().url)
+    two_workers = weights(trial / "checkpoint-000003")
+    _, folder = in_process(shakespeare, tmp_path / "one", batch=16, **options)
+
+    torch.manual_seed(outcome.record["spec"]["train"]["seed"])  # the loop's initial weights
+    start = CharRNN(65, ModelSpec(**MODEL)).state_dict()
+    assert max_difference(two_workers, weights(folder)) < 1e-5 < 1e-3 < max_difference(weights(folder), start)
+    if grad_clip:  # the averaged gradient's norm, before clipping: every step was clipped
+        norms = [json.loads((trial / "metrics" / f"step-{s:06d}.json").read_text())["grad_norm"] for s in (1, 2, 3)]
+        assert min(norms) > 2 * grad_clip
 
 
 def trainer_pids() -> list[int]:

@@ -288,15 +288,29 @@ def test_a_corpus_build_killed_while_writing_leaves_no_manifest_and_the_next_bui
 
 @contextlib.contextmanager
 def mounted(folder: Path, options: str):
-    """A tmpfs mounted at ``folder`` (root only); the test is skipped where this machine refuses mounts."""
+    """A tmpfs mounted at ``folder`` (root only). Where this machine refuses mounts the test is skipped, saying
+    why; in CI (``CI=true``) it fails instead, so that a CI run cannot pass without trying the fault."""
     folder.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        why = f"cannot mount a tmpfs here: {(done.stderr.decode().strip().splitlines() or ['mount failed'])[0]}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{why}; CI=true, so this fault must be tried: run the tests as root where mounts are allowed")
+        pytest.skip(why)
     try:
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_in_ci_a_fault_test_whose_tmpfs_cannot_be_mounted_fails_instead_of_skipping(tmp_path, monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(BaseException) as outcome, mounted(tmp_path / "refused", "size=not-a-size"):
+        pass  # mount refuses the option: a real refusal, as where mounts are not allowed
+    assert outcome.type is pytest.fail.Exception and "CI=true" in str(outcome.value)
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match="cannot mount a tmpfs here"), mounted(tmp_path / "r", "size=x"):
+        pass
 
 
 def test_storage_under_a_file_is_refused_before_anything_runs(tmp_path):
@@ -497,6 +511,31 @@ def not_checkpoints(tmp_path: Path, trained: Path) -> dict[str, tuple[Path, str]
 def test_sampling_what_is_not_a_checkpoint_is_refused_in_one_line(case, trained_checkpoint, tmp_path):
     target, expected = not_checkpoints(tmp_path, trained_checkpoint)[case]
     refused(invoke("sample", target, "--prime", "A", "--length", "5"), expected)
+
+
+TRAINER_STATES = {
+    "missing": (None, "trainer.json: missing from the checkpoint"),
+    "cut short": ("truncated", "trainer.json: not valid JSON"),
+    "not the trainer's": (b'{"step": 40}', "trainer.json: not an rnnfarm checkpoint's trainer state"),
+}
+
+
+@pytest.mark.parametrize("case", list(TRAINER_STATES))
+def test_resuming_from_a_checkpoint_whose_trainer_state_is_missing_or_corrupt_is_refused_in_one_line(
+    case, trained_checkpoint, shakespeare, tmp_path
+):
+    content, expected = TRAINER_STATES[case]
+    resume = tmp_path / "resume"
+    folder = shutil.copytree(trained_checkpoint, resume / trained_checkpoint.name)
+    trainer = folder / "trainer.json"
+    if content is None:
+        trainer.unlink()
+    else:
+        trainer.write_bytes(trainer.read_bytes()[:100] if content == "truncated" else content)
+    job = make_spec(str(tmp_path / "storage"), model={"layers": 2}, train={"steps": 60, "eval_every": 20})
+    with pytest.raises(UserError, match=re.escape(expected)) as error:
+        train(Job(job, shakespeare.folder, Run(Store.at(job.storage) / "runs" / "r").trial()), LocalSession(resume))
+    assert "\n" not in str(error.value)
 
 
 # Security: nothing is ever unpickled

@@ -163,3 +163,31 @@ def test_rnnfarm_report_writes_whole_objects_to_a_run_on_s3(small_run, s3, monke
 
     nothing = CliRunner().invoke(cli, ["report", "s3://rnnfarm-test/reports/runs/none"])
     assert nothing.exit_code == 2 and "no run at s3://rnnfarm-test/reports/runs/none" in nothing.output
+
+
+def test_the_report_and_run_summary_show_the_corpus_n_gram_baseline_once_it_is_stored(small_run, tmp_path, capsys):
+    from rnnfarm.cli import print_outcome
+    from rnnfarm.insight import ngram
+    from rnnfarm.launch.pipeline import Outcome
+    from rnnfarm.layout import Run
+    from rnnfarm.runs.record import require
+
+    run, output = small_run
+    assert "n-gram baseline" not in output  # nothing stored for the corpus when the run ended
+    copy = tmp_path / "runs" / "reported"
+    shutil.copytree(run, copy)
+    record = json.loads((copy / "run.json").read_text())
+    shutil.copytree(record["corpus"]["url"], tmp_path / "corpus")
+    record["corpus"]["url"] = str(tmp_path / "corpus")
+    (copy / "run.json").write_text(json.dumps(record))
+    figures = ngram.baseline(Store.at(str(tmp_path / "corpus")), orders=[1, 4])
+    expected = f"n-gram baseline: val {figures.nats[4]['val']:.4f} nats/char"
+
+    result = CliRunner().invoke(cli, ["report", str(copy)])
+    assert result.exit_code == 0, result.output
+    meta = render(copy / "report.html", "report-ngram").find_all("p", "meta")[0].all_text
+    assert expected in meta and "order 4 interpolated Kneser-Ney" in meta
+
+    the_run = Run(Store.at(str(copy)))
+    print_outcome(Outcome(the_run, require(the_run), leaderboard.read(the_run)))
+    assert expected in capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from click.testing import CliRunner
 
 from rnnfarm.cli import cli
 from rnnfarm.corpus import shards
+from rnnfarm.corpus.vocab import Vocab
 from rnnfarm.engine import checkpoint
 from rnnfarm.engine.model import CharRNN
 from rnnfarm.errors import UserError
@@ -169,3 +171,65 @@ def test_viz_refuses_an_unclear_choice_of_cells_and_cells_that_are_not_there(tra
         assert "Traceback" not in result.output
     missing = CliRunner().invoke(cli, ["viz", "predictions", str(trained_checkpoint), "--text", "nowhere.txt"])
     assert missing.exit_code == 2 and "--text nowhere.txt: no such file" in missing.output
+
+
+@pytest.fixture(scope="module")
+def licence_text(tmp_path_factory):
+    """Real prose that tiny Shakespeare's vocabulary does not cover: the start of the GPL-3 text Debian ships
+    (brackets, slashes, angle brackets and digits that the corpus lacks)."""
+    text = Path("/usr/share/common-licenses/GPL-3").read_text()[:TEXT_CHARS]
+    path = tmp_path_factory.mktemp("licence") / "GPL-3.txt"
+    path.write_text(text)
+    return path
+
+
+def test_characters_outside_the_vocabulary_are_skipped_shown_grey_and_counted(
+    trained_checkpoint, licence_text, tmp_path
+):
+    model, vocab, _ = checkpoint.load_model(trained_checkpoint)
+    text = licence_text.read_text()
+    outside = [ch for ch in text if ch not in vocab.symbols]
+    assert vocab.replacement is None and {"(", '"'} & set(outside)  # the corpus has no replacement symbol
+    trace = viz.trace(model, vocab, text)
+    assert vocab.decode(trace.ids) == "".join(ch for ch in text if ch in vocab.symbols)  # the rest is what it read
+    note = f"{len(outside)} character(s) outside the model's vocabulary"
+
+    for page, args in [("neurons", ["--top", "2"]), ("predictions", [])]:
+        out = tmp_path / f"{page}.html"
+        result = CliRunner().invoke(
+            cli, ["viz", page, str(trained_checkpoint), "--text", str(licence_text), *args, "-o", str(out)]
+        )
+        assert result.exit_code == 0, result.output
+        dom = render(out, f"{page}-unknown-characters")
+        (header,) = dom.find_all("p", "unknown")
+        assert note in header.all_text and "skipped" in header.all_text
+        for text_box in dom.find_all("div", "text"):
+            grey = text_box.find_all("span", "u")
+            shown = "".join(s.children[0].all_text for s in grey)  # the character (a tooltip may follow)
+            assert shown == "".join(outside).replace("\n", "↵")
+            assert all("background" not in s.attrs.get("style", "") for s in grey)
+        if page == "neurons":
+            for section in dom.find_all("section", "cell"):
+                assert len(section.find_all("span", "a")) == len(text) - len(outside)
+        else:
+            assert len(dom.find_all("span", "p")) == len(text)
+            bits = float(re.search(r"([\d.]+) bits/char", dom.all_text).group(1))
+            own = trace.probs[np.arange(len(trace.ids) - 1), trace.ids[1:]]
+            assert bits == pytest.approx(-np.log2(own).mean(), abs=1e-3)
+
+
+def test_with_a_replacement_symbol_characters_outside_the_vocabulary_are_read_as_it(trained_checkpoint, licence_text):
+    _, corpus_vocab, meta = checkpoint.load_model(trained_checkpoint)
+    vocab = Vocab(tuple(sorted((*corpus_vocab.symbols, "\ufffd"))), "\ufffd")
+    torch.manual_seed(0)
+    model = CharRNN(len(vocab), ModelSpec(layers=2, hidden=16, embedding=8)).eval()
+    text = licence_text.read_text()
+    outside = np.array([ch not in corpus_vocab.symbols for ch in text])
+    trace = viz.trace(model, vocab, text)
+    assert len(trace.ids) == len(text) and (trace.ids[outside] == vocab.symbols.index("\ufffd")).all()
+    with torch.no_grad():
+        logits, _ = model(torch.from_numpy(trace.ids)[None])
+    np.testing.assert_allclose(trace.probs, torch.softmax(logits[0], -1).numpy(), atol=1e-5)
+    page = viz.predictions_page(trace, vocab, meta, "replacement")
+    assert f"{outside.sum()} character(s) outside the model&#x27;s vocabulary" in page and "read as" in page
+    assert viz.neurons_page(trace, meta, "replacement", top=2).count("class=u ") == 2 * outside.sum()  # 2 cells

@@ -5,8 +5,10 @@ version, options, the source's content identity, policy, split fractions), so a 
 inputs is skipped and a different one never overwrites. The manifest is written last: an interrupted
 build leaves no manifest, so nothing reads its shards.
 
-Builds stream with bounded memory. A multi-document corpus is read once: each document goes to the
-split its id's hash picks. A single stream (``split_by = "position"``) is read twice: once to count
+Builds stream with bounded memory. A multi-document corpus is read once: each document goes whole to
+the split its id's hash picks, unless that would carry the split's share of the characters past its
+target (``_Shares``), so that a corpus of a few documents of very different lengths still gets the
+shares it asks for. A single stream (``split_by = "position"``) is read twice: once to count
 its characters, once to cut it at the split points. The plugin's reading (decompression, parsing)
 runs in a thread ahead of normalization and writing, so the two overlap.
 """
@@ -36,6 +38,7 @@ from .sources import fetch
 SPLITS = ("train", "val", "test")
 PREFETCH = 4  # bundles of documents read ahead of normalization
 BUNDLE = 1 << 20  # bytes of text per bundle
+LOOKAHEAD = 4 << 20  # characters of a document held to learn its length before its split is chosen
 
 
 @dataclass(frozen=True)
@@ -172,16 +175,56 @@ class _Build:
             writer.abort()
 
 
+class _Shares:
+    """Chooses each document's split as documents stream, deterministically from the ids' hashes and the
+    documents' lengths: the split the hash picks, unless that split already has documents and would then
+    hold more than its target share of the characters by over half the document; then the split furthest
+    below its target. For many small documents this is the hash's pick; large ones go where they keep the
+    shares on target; and a split the hash picks for a document is never left empty."""
+
+    def __init__(self, val: float, test: float) -> None:
+        self.val, self.test = val, test
+        self.targets = {"train": 1 - val - test, "val": val, "test": test}
+        self.chars = dict.fromkeys(SPLITS, 0)
+
+    def choose(self, doc_id: str, length: int) -> str:
+        picked = _split_of(doc_id, self.val, self.test)
+        total = sum(self.chars.values()) + length
+        lacking = {s: share * total - self.chars[s] for s, share in self.targets.items()}
+        if lacking[picked] < length / 2 and self.chars[picked]:
+            picked = max(lacking, key=lacking.__getitem__)
+        return picked
+
+
 def _by_document(pieces: Iterable[tuple[str, str, bool]], out: _Build, val: float, test: float) -> None:
-    """One pass: each document goes whole to the split its id's hash picks."""
-    split = "train"
+    """One pass: each document goes whole to the split ``_Shares`` chooses from its length, so its pieces
+    are held until it ends or LOOKAHEAD characters of it have come (a longer one is judged by those)."""
+    shares = _Shares(val, test)
+    held: list[tuple[str, str, bool]] = []
+    split: str | None = None
+
+    def release() -> None:
+        nonlocal split
+        if split is None:
+            split = shares.choose(held[0][0], sum(len(text) for _, text, _ in held))
+            out.total_documents += 1
+        for doc_id, text, first in held:
+            if first and out.documents[split] and out.separator:
+                text = out.separator + text
+            out.write(split, doc_id, text, first)
+            shares.chars[split] += len(text)
+        held.clear()
+
     for doc_id, text, first in pieces:
         if first:
-            split = _split_of(doc_id, val, test)
-            out.total_documents += 1
-            if out.documents[split] and out.separator:
-                text = out.separator + text
-        out.write(split, doc_id, text, first)
+            if held:
+                release()
+            split = None
+        held.append((doc_id, text, first))
+        if split is not None or sum(len(t) for _, t, _ in held) >= LOOKAHEAD:
+            release()
+    if held:
+        release()
 
 
 def _by_position(stream, out: _Build, val: float, test: float) -> None:
@@ -267,6 +310,9 @@ def build(storage: Store, spec: CorpusSpec) -> Built:
             for split, shard_list in written.items()
             if shard_list
         }
+        chars = sum(s["chars"] for s in splits.values())
+        for split in splits.values():
+            split["share"] = round(split["chars"] / chars, 6)  # of the corpus's characters
         if "train" not in splits or "val" not in splits:
             raise UserError(
                 f"corpus {corpus.name!r} is too small to give both a train and a val split "

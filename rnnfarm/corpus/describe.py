@@ -32,19 +32,20 @@ def _symbol(s: str, level: str) -> str:
 
 
 def splits(manifest: dict[str, Any]) -> list[str]:
-    rows = [["split", "documents", "chars", "bytes", "tokens", "shards"]]
+    rows = [["split", "documents", "chars", "share", "bytes", "tokens", "shards"]]
     for name, split in manifest["splits"].items():
         rows.append(
             [
                 name,
                 f"{split['documents']:,}",
                 f"{split['chars']:,}",
+                f"{split['share']:.2%}",
                 f"{split['bytes']:,}",
                 f"{split['tokens']:,}",
                 str(len(split["shards"])),
             ]
         )
-    return _table(rows, right={1, 2, 3, 4, 5})
+    return _table(rows, right={1, 2, 3, 4, 5, 6})
 
 
 def summary(folder: Store, manifest: dict[str, Any], skipped: bool) -> list[str]:
@@ -82,8 +83,8 @@ def show(folder: Store) -> list[str]:
         f"  sha256:      {source['sha256']} ({source['files']} file{'s' if source['files'] != 1 else ''})",
         "normalization: " + ", ".join(f"{k}={v!r}" for k, v in policy.items()),
         f"invalid UTF-8: {invalid['bytes']:,} bytes in {invalid['documents']:,} documents ({invalid['policy']})",
-        f"splits:        by {splitting['by']}, val {splitting['val']}, test {splitting['test']}; "
-        f"{manifest['documents']:,} documents",
+        f"splits:        by {splitting['by']}, target shares of the characters val {splitting['val']:.2%}, "
+        f"test {splitting['test']:.2%}; {manifest['documents']:,} documents",
         *("  " + line for line in splits(manifest)),
         f"vocabulary:    {len(vocab['symbols'])} symbols ({vocab['level']} level), "
         f"replacement {vocab['replacement']!r}, {vocab['replaced']:,} tokens replaced",

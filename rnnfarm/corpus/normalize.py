@@ -189,8 +189,9 @@ def choose_vocab(counts: Counter, policy: Policy) -> tuple[Vocab, int]:
     """The kept symbols (most frequent first under the caps) and how many tokens they replace."""
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     kept = [s for s, c in ranked if c >= policy.min_count]
-    if policy.max_vocab is not None and len(kept) > policy.max_vocab:
-        kept = kept[: policy.max_vocab - 1]
+    cap = policy.max_vocab
+    if cap is not None and len(kept) >= cap and len(ranked) > cap:
+        kept = kept[: cap - 1]  # symbols are replaced (by the cap or by min_count): the replacement needs a slot
     kept_set = set(kept)
     dropped = sum(c for s, c in counts.items() if s not in kept_set)
     replacement = None

@@ -29,7 +29,7 @@ from .sources import cache_dir
 from .vocab import Vocab
 
 MANIFEST = "manifest.json"
-FORMAT = 2
+FORMAT = 3  # 3: document splits held to their character shares, each split's share recorded
 SCHEMA = pa.schema([("doc", pa.string()), ("text", pa.large_string())])
 ROW_CHARS = 1 << 20  # a longer document is stored as several consecutive rows
 BATCH_CHARS = 4 << 20  # text per Arrow record batch
@@ -284,6 +284,19 @@ def read_tokens(folder: Store, manifest: dict[str, Any], split: str, start: int,
         else:
             offset += shard["tokens"]
     return out
+
+
+def iter_tokens(folder: Store, manifest: dict[str, Any], split: str, vocab: Vocab) -> Iterator[np.ndarray]:
+    """Token ids of a whole split, one record batch at a time (each shard verified once): a stream
+    whose memory is one batch's, whatever the split's size."""
+    info = _split(folder, manifest, split)
+    if vocab.level != manifest["vocab"].get("level", "char"):
+        raise ValueError(f"a {vocab.level}-level vocabulary cannot read a {manifest['vocab']['level']}-level corpus")
+    for shard in info["shards"]:
+        with _open(folder, shard) as reader:
+            for i in range(reader.num_record_batches):
+                utf8 = _utf8(reader.get_batch(i).column("text"))
+                yield vocab.ids(utf8) if vocab.level == "byte" else vocab.encode(utf8.tobytes().decode("utf-8"))
 
 
 def read_split(folder: Store, manifest: dict[str, Any], split: str) -> str:

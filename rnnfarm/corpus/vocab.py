@@ -70,6 +70,10 @@ class Vocab:
             ids_clipped[unknown] = self.symbols.index(self.replacement)
         return ids_clipped.astype(self.dtype)
 
+    def known(self, points: np.ndarray) -> np.ndarray:
+        """Whether each code point (character level) or UTF-8 byte (byte level) is one of the symbols."""
+        return self._points[np.minimum(np.searchsorted(self._points, points), len(self) - 1)] == points
+
     def decode(self, ids) -> str:
         text = "".join(self.symbols[int(i)] for i in ids)
         return text if self.level == "char" else text.encode("latin-1").decode("utf-8", errors="replace")

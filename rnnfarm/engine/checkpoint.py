@@ -28,6 +28,7 @@ from .model import CharRNN
 FORMAT = 1
 MODEL, META = "model.safetensors", "meta.json"
 OPTIMIZER, TRAINER = "optimizer.safetensors", "trainer.json"
+TRAINER_KEYS = ("param_groups", "scalars", "step", "best_val_loss", "streams")  # what a resume reads
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -103,8 +104,20 @@ def save_optimizer(folder: Path, optimizer: torch.optim.Optimizer, trainer: dict
     _write_json(folder / TRAINER, {"param_groups": sd["param_groups"], "scalars": scalars, **trainer})
 
 
+def _load_trainer(path: Path) -> dict[str, Any]:
+    try:
+        trainer = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing from the checkpoint") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path}: not valid JSON, so not an rnnfarm checkpoint's trainer state") from None
+    if not isinstance(trainer, dict) or not all(k in trainer for k in TRAINER_KEYS):
+        raise UserError(f"{path}: not an rnnfarm checkpoint's trainer state (it needs {', '.join(TRAINER_KEYS)})")
+    return trainer
+
+
 def load_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    trainer = json.loads((folder / TRAINER).read_text(encoding="utf-8"))
+    trainer = _load_trainer(folder / TRAINER)
     state: dict[int, dict[str, Any]] = {}
     for name, value in _load_tensors(folder / OPTIMIZER).items():
         _, idx, key = name.split(".", 2)

@@ -7,6 +7,7 @@ all-reduce, checkpoint restore and report), so this file reads top to bottom as 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import tempfile
 import time
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from .. import log, redact
 from ..corpus import shards
 from ..corpus.vocab import Vocab
+from ..errors import Diverged
 from ..layout import CHECKPOINTS, Trial, checkpoint_name
 from ..spec import JobSpec, TrainSpec
 from ..storage import Store
@@ -119,6 +121,8 @@ def make_optimizer(model: torch.nn.Module, t: TrainSpec) -> torch.optim.Optimize
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
         return torch.optim.AdamW(groups, lr=t.lr)
+    if t.optimizer == "sgd":  # plain: the update is the averaged gradient times the learning rate
+        return torch.optim.SGD(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     if t.optimizer == "rmsprop":
         return torch.optim.RMSprop(model.parameters(), lr=t.lr, alpha=0.95, weight_decay=t.weight_decay)
     return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
@@ -188,6 +192,101 @@ def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
         torch.cuda.set_rng_state(state.pop("cuda_rng"), device)
 
 
+def interval_loss(losses: torch.Tensor, session: Session) -> float:
+    """The interval's mean train loss over every worker: not finite on every rank when one worker's step was not."""
+    count = torch.tensor(float(losses.numel()), dtype=torch.float64, device=losses.device)
+    total = session.all_reduce(torch.stack([losses.double().sum(), count]))
+    return float(total[0] / total[1])
+
+
+class Guard:
+    """Divergence handling: the last good state, kept in memory, and the rollbacks to it.
+
+    The copy is taken when a checkpoint is written, so it is exactly that checkpoint, without a read back
+    from storage. Its decisions read only all-reduced losses, so every rank takes the same one.
+    """
+
+    def __init__(self, t: TrainSpec, vocab_size: int, trainer: dict[str, Any], logger: Any) -> None:
+        self.t, self.logger = t, logger
+        # The lowest interval train loss so far; at first a uniform guess's, which an untrained model is near
+        self.reference = trainer.get("reference_loss", math.log(vocab_size))
+        self.lr_scale, self.rollbacks = trainer.get("lr_scale", 1.0), trainer.get("rollbacks", 0)
+        self.good: dict[str, Any] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"reference_loss": self.reference, "lr_scale": self.lr_scale, "rollbacks": self.rollbacks}
+
+    def check(self, train_loss: float, val_loss: float) -> str | None:
+        """Why the interval diverged (a loss not finite, or the train loss exploded); None if it did not."""
+        if not math.isfinite(train_loss):
+            return f"train loss {train_loss}"
+        if train_loss > self.t.explode_factor * self.reference:
+            return f"train loss {train_loss:.4g} > {self.t.explode_factor:g} x the lowest so far, {self.reference:.4g}"
+        if not math.isfinite(val_loss):
+            return f"val loss {val_loss}"
+        return None
+
+    def keep(
+        self,
+        train_loss: float,
+        *,
+        step: int,
+        best: float,
+        state: State | None,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        streams: Streams,
+        device: torch.device,
+    ) -> None:
+        """Take a good evaluation's state (or the starting one): what its checkpoint holds."""
+        self.reference = min(self.reference, train_loss)
+        self.good = copy.deepcopy(
+            {
+                "step": step,
+                "best": best,
+                "state": state,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "streams": streams.state_dict(),
+                "rng": rng_state(device),
+            }
+        )
+
+    def roll_back(
+        self,
+        why: str,
+        step: int,
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        streams: Streams,
+        device: torch.device,
+    ) -> tuple[int, float, State | None]:
+        """Restore the last good state with the learning rate cut; past ``max_rollbacks``, stop the trial."""
+        t, good = self.t, copy.deepcopy(self.good)  # the optimizer keeps the tensors it is given
+        if self.rollbacks >= t.max_rollbacks:
+            cut = f" to the last good checkpoint, the learning rate cut to {self.lr_scale:g} x train.lr"
+            raise Diverged(
+                f"training diverged at step {step} ({why}) after {self.rollbacks} rollback(s)"
+                f"{cut if self.rollbacks else ''}: lower train.lr (now {t.lr:g})"
+                f"{'' if t.grad_clip else ', set train.grad_clip'} or raise train.max_rollbacks"
+            )
+        self.rollbacks, self.lr_scale = self.rollbacks + 1, self.lr_scale * t.rollback_lr_factor
+        model.load_state_dict(good["model"])
+        optimizer.load_state_dict(good["optimizer"])
+        streams.load_state_dict(good["streams"])
+        set_rng_state(good["rng"], device)
+        self.logger.warning(
+            "diverged: rolled back",
+            step=step,
+            reason=why,
+            to_step=good["step"],
+            rollback=self.rollbacks,
+            lr_scale=self.lr_scale,
+        )
+        return good["step"], good["best"], good["state"]
+
+
 def train(job: Job, session: Session) -> dict[str, Any]:
     """Train the spec's model on this worker's share of the corpus; returns the last metrics."""
     spec, t = job.spec, job.spec.train
@@ -210,7 +309,7 @@ def train(job: Job, session: Session) -> dict[str, Any]:
     model = session.wrap(raw)
     optimizer = make_optimizer(raw, t)
     torch.manual_seed(t.seed + 1 + rank)  # distinct dropout masks per rank
-    step, best, state = 0, math.inf, None
+    step, best, state, divergence = 0, math.inf, None, {}
 
     with session.latest_checkpoint() as folder:
         if folder is not None:
@@ -218,15 +317,20 @@ def train(job: Job, session: Session) -> dict[str, Any]:
             trainer = checkpoint.load_optimizer(folder, optimizer)
             step, best = trainer["step"], trainer["best_val_loss"]
             train_streams.load_state_dict(trainer["streams"])
+            divergence = trainer.get("divergence", {})  # absent from checkpoints older than rollbacks
             worker = checkpoint.load_worker(folder, rank)
             set_rng_state(worker, device)
             state = state_from_tensors({k: v.to(device) for k, v in worker.items()})
             logger.info("resumed", step=step, checkpoint=folder.name)
     resumed_from = step
+    guard = Guard(t, len(vocab), divergence, logger)
+    kept = {"model": raw, "optimizer": optimizer, "streams": train_streams, "device": device}
+    guard.keep(guard.reference, step=step, best=best, state=state, **kept)
 
     chars_per_step = world * t.batch_size * t.seq_len
     # Per-step losses stay on the device: reading one waits for the device, so it is done only to log.
     losses = torch.zeros(min(t.eval_every, t.steps), device=device)
+    norms = torch.zeros_like(losses)  # each step's gradient norm before clipping (when it clips)
     done, logged = 0, 0  # steps since the last evaluation; of them, already logged
     started = interval = time.perf_counter()
     interval_cpu = time.process_time()
@@ -237,7 +341,7 @@ def train(job: Job, session: Session) -> dict[str, Any]:
             state = None
         x, y = to_device(x, device), to_device(y, device)
         for group in optimizer.param_groups:
-            group["lr"] = t.lr * lr_factor(step, t)
+            group["lr"] = t.lr * guard.lr_scale * lr_factor(step, t)
         with autocast(device, dtype):
             logits, state = model(x, state)
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
@@ -245,8 +349,8 @@ def train(job: Job, session: Session) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         session.average_gradients(raw)
-        if t.grad_clip:
-            torch.nn.utils.clip_grad_norm_(raw.parameters(), t.grad_clip)
+        if t.grad_clip:  # after averaging: the workers' mean gradient is what gets clipped
+            norms[done] = torch.nn.utils.clip_grad_norm_(raw.parameters(), t.grad_clip)
         optimizer.step()
         losses[done] = loss.detach()
         step, done = step + 1, done + 1
@@ -259,11 +363,18 @@ def train(job: Job, session: Session) -> dict[str, Any]:
         if step % t.eval_every and step != t.steps:
             continue
 
-        train_loss = float(losses[:done].mean())  # waits for the device, so the interval's time is complete
+        train_loss = interval_loss(losses[:done], session)  # waits for the device: the interval's time is complete
         train_time, train_cpu = time.perf_counter() - interval, time.process_time() - interval_cpu
-        total = session.all_reduce(evaluate(raw, val_streams, device, dtype))
-        val_loss = float(total[0] / total[1])
+        val_loss = math.nan
+        if math.isfinite(train_loss):  # the same on every rank: all of them evaluate, or none
+            total = session.all_reduce(evaluate(raw, val_streams, device, dtype))
+            val_loss = float(total[0] / total[1])
+        if why := guard.check(train_loss, val_loss):  # nothing of a diverged interval is stored
+            step, best, state = guard.roll_back(why, step, **kept)
+            done, logged, interval, interval_cpu = 0, 0, time.perf_counter(), time.process_time()
+            continue
         best = min(best, val_loss)
+        guard.keep(train_loss, step=step, best=best, state=state, **kept)
         metrics = {
             "step": step,
             "epoch": train_streams.epoch,
@@ -272,12 +383,14 @@ def train(job: Job, session: Session) -> dict[str, Any]:
             "val_bpc": val_loss / LN2,
             "best_val_loss": best,
             "lr": optimizer.param_groups[0]["lr"],
+            "grad_norm": float(norms[:done].mean()) if t.grad_clip else None,  # mean over the interval, pre-clip
             "chars": step * chars_per_step,
             "chars_per_s": done * chars_per_step / train_time,
             "step_time_s": train_time / done,
             "step_cpu_s": train_cpu / done,  # CPU seconds of this process: below step_time_s, it waited
             "elapsed_s": time.perf_counter() - started,
             "resumed_from": resumed_from,
+            "rollbacks": guard.rollbacks,
         }
         with tempfile.TemporaryDirectory(prefix="rnnfarm-ckpt-") as tmp:
             folder = Path(tmp)
@@ -294,7 +407,14 @@ def train(job: Job, session: Session) -> dict[str, Any]:
                 }
                 checkpoint.save_model(folder, raw, vocab, meta)
                 checkpoint.save_optimizer(
-                    folder, optimizer, {"step": step, "best_val_loss": best, "streams": train_streams.state_dict()}
+                    folder,
+                    optimizer,
+                    {
+                        "step": step,
+                        "best_val_loss": best,
+                        "streams": train_streams.state_dict(),
+                        "divergence": guard.state_dict(),
+                    },
                 )
                 logger.info("eval", **{k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
             checkpoint.save_worker(folder, rank, {**rng_state(device), **state_tensors(state)})

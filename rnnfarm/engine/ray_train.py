@@ -16,7 +16,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from .. import log
-from ..errors import TrainingFailed
+from ..errors import Diverged, TrainingFailed
 from ..layout import Trial
 from . import checkpoint
 from .loop import Job, train
@@ -87,7 +87,19 @@ class RaySession:
 def worker_loop(config: dict[str, Any]) -> dict[str, Any]:
     log.configure(config["log_format"])
     job = config["job"]
-    return train(job, RaySession(job.trial))
+    session = RaySession(job.trial)
+    try:
+        return train(job, session)
+    except Diverged as exc:  # every rank stops at the same step: the decision reads all-reduced losses
+        if session.rank == 0:
+            job.trial.diverged.write_json({"error": str(exc)})
+        return {}
+
+
+def raise_if_diverged(trial: Trial) -> None:
+    """The trial's divergence, as one line: the same spec would diverge the same way, so it is not trained again."""
+    if trial.diverged.exists():
+        raise TrainingFailed(trial.diverged.read_json()["error"])
 
 
 def failure_reason(exc: ray.train.TrainingFailedError) -> str:
@@ -106,9 +118,10 @@ def fit(job: Job, log_format: str, callbacks: list | None = None) -> ray.train.R
     """Run the job's training on Ray Train; checkpoints land in the job's trial folder on storage.
 
     Lost workers are restarted from the latest checkpoint up to ``train.max_failures`` times; past
-    that, :class:`TrainingFailed` says why.
+    that, or when the loss diverged past ``train.max_rollbacks``, :class:`TrainingFailed` says why.
     """
     spec = job.spec
+    raise_if_diverged(job.trial)
     filesystem, trial_path = job.trial.store.pyarrow()
     parent, name = trial_path.rsplit("/", 1)
     trainer = TorchTrainer(
@@ -133,6 +146,8 @@ def fit(job: Job, log_format: str, callbacks: list | None = None) -> ray.train.R
         ),
     )
     try:
-        return trainer.fit()
+        result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
         raise TrainingFailed(f"training failed: {failure_reason(exc)}") from None
+    raise_if_diverged(job.trial)
+    return result

@@ -15,6 +15,7 @@ th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: ta
 .text { font: 13px/1.6 ui-monospace, "DejaVu Sans Mono", monospace; white-space: pre-wrap; word-break: break-all;
         background: #fff; border: 1px solid #ddd; padding: 10px; }
 .text span.nl { color: #bbb; }
+.text span.u { background: #e4e4e4; color: #999; }
 .plots { display: flex; flex-wrap: wrap; gap: 12px; }
 .plot text { font: 11px system-ui, sans-serif; fill: #444; }
 pre.sample { font: 12.5px/1.45 ui-monospace, "DejaVu Sans Mono", monospace; background: #fafafa;

@@ -23,7 +23,7 @@ from ..runs.state import TrialState, trial_state
 from ..storage import Store
 from ..tables import cell
 from ..units import bits
-from . import pages, viz
+from . import ngram, pages, viz
 from .sample import load
 
 REPORT = REPORT_PAGE
@@ -180,6 +180,9 @@ def render(run: Run, text: str | None = None) -> dict[str, str]:
             f"best val loss <b>{best['val_loss']:.4f}</b> nats/char ({bits(best['val_loss']):.4f} "
             f"bits/char) at step {best['step']} of trial {escape(best['trial'])}"
         )
+    ngrams = ngram.of_run(record, run.store.options)
+    if ngrams is not None:
+        facts.append(f"n-gram baseline: val {escape(ngram.line(ngrams))}")
     links = " · ".join(
         f'<a href="{name}">{label}</a>'
         for name, label in ((NEURONS, "neurons"), (PREDICTIONS, "predictions"))

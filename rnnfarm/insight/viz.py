@@ -5,6 +5,9 @@ The activations are recomputed from the checkpoint's weights, layer by layer and
 with the LSTM's own equations (PyTorch's gate order i, f, g, o), so the cell state is seen after every
 character; the model's forward is left as it is. GRU and vanilla RNN layers have no cell state: their
 output (h, also in [-1, 1]) is what they show.
+
+A character outside the model's vocabulary (tiny Shakespeare has no ``"`` or ``(``) is shown grey: the
+network reads the vocabulary's replacement symbol in its place where there is one, and skips it otherwise.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..corpus.vocab import Vocab
+from ..corpus.vocab import Vocab, codepoints, utf8_bytes
 from ..engine.model import CharRNN
 from ..errors import UserError
 from ..storage import Store
@@ -42,6 +45,9 @@ class Trace:
     """A text as the network read it: activations and next-character distributions after each character."""
 
     text: str
+    unknown: np.ndarray  # (len(text),) whether each character is outside the vocabulary
+    replacement: str | None  # what the network read for such a character; None: it skipped them
+    read: np.ndarray  # (T,) the positions in the text of the characters the network read, in order
     ids: np.ndarray  # (T,) token ids
     cells: np.ndarray | None  # (layers, T, hidden): tanh(c); None for GRU and vanilla RNN
     outputs: np.ndarray  # (layers, T, hidden): h
@@ -51,6 +57,27 @@ class Trace:
         if name == "cell" and self.cells is None:
             raise UserError("this network's layers have no cell state (GRU or vanilla RNN): use --signal output")
         return self.cells if name == "cell" else self.outputs
+
+    def at_text(self, values: np.ndarray) -> np.ndarray:
+        """Values of the read characters spread over the whole text: NaN at the characters skipped."""
+        spread = np.full((len(self.text), *values.shape[1:]), np.nan)
+        spread[self.read] = values
+        return spread
+
+    @property
+    def how_unknown_are_read(self) -> str:
+        return f"read as {self.replacement!r}" if self.replacement is not None else "skipped"
+
+    def unknown_note(self) -> str:
+        """The header's count of the characters outside the vocabulary, and how the network read them."""
+        count = int(self.unknown.sum())
+        if not count:
+            return ""
+        shown = "".join(sorted(set(np.array(list(self.text))[self.unknown].tolist())))
+        return (
+            f"{count} character(s) outside the model's vocabulary ({shown[:40]!r}), shown grey: "
+            f"{self.how_unknown_are_read} by the network"
+        )
 
 
 def read_text(source: str, max_chars: int) -> tuple[str, int]:
@@ -97,7 +124,12 @@ def trace(model: CharRNN, vocab: Vocab, text: str) -> Trace:
     if not text:
         raise UserError("the text is empty: give a file with at least one character")
     model.eval()
-    ids = vocab.encode(text, strict=True).astype("int64")
+    points = codepoints(text) if vocab.level == "char" else utf8_bytes(text)
+    unknown = ~vocab.known(points)
+    read = np.arange(len(points)) if vocab.replacement is not None else np.flatnonzero(~unknown)
+    if not len(read):
+        raise UserError("none of the text's characters is in the model's vocabulary: give text like its corpus's")
+    ids = vocab.ids(points[read]).astype("int64")
     x = model.embed(torch.from_numpy(ids)).float()
     cells, outputs = [], []
     for layer in range(model.spec.layers):
@@ -111,7 +143,8 @@ def trace(model: CharRNN, vocab: Vocab, text: str) -> Trace:
             x = _single_layer(model.rnn, layer, x)
         outputs.append(x.numpy())
     probs = torch.softmax(model.head(x).float(), dim=-1).numpy()
-    return Trace(text, ids, np.stack(cells) if cells else None, np.stack(outputs), probs)
+    cells_or_none = np.stack(cells) if cells else None
+    return Trace(text, unknown, vocab.replacement, read, ids, cells_or_none, np.stack(outputs), probs)
 
 
 def features(text: str) -> dict[str, np.ndarray]:
@@ -194,16 +227,30 @@ def _legend(left: str, right: str, colour) -> str:
     return f"<p class=legend>{escape(left)} {stops} {escape(right)}</p>"
 
 
-def _coloured(text: str, values: np.ndarray) -> str:
-    """The text, each character on a background for its value in [-1, 1] (the value as its tooltip)."""
+def _unknown_span(tr: Trace, ch: str) -> str:
+    return (
+        f'<span class=u title="outside the vocabulary: {escape(tr.how_unknown_are_read)}">{pages.char_html(ch)}</span>'
+    )
+
+
+def _coloured(tr: Trace, values: np.ndarray) -> str:
+    """The text, each character on a background for its value in [-1, 1] (the value as its tooltip); a
+    character outside the vocabulary grey."""
     out = []
-    for ch, v in zip(text, values.tolist(), strict=True):
-        out.append(
-            f'<span class=a style="background:{pages.diverging(v)}" title="{v:+.3f}">{pages.char_html(ch)}</span>'
-        )
+    for ch, v, unknown in zip(tr.text, tr.at_text(values).tolist(), tr.unknown.tolist(), strict=True):
+        if unknown:
+            out.append(_unknown_span(tr, ch))
+        else:
+            style = f"background:{pages.diverging(v)}"
+            out.append(f'<span class=a style="{style}" title="{v:+.3f}">{pages.char_html(ch)}</span>')
         if ch == "\n":
             out.append("\n")
     return "<div class=text>" + "".join(out) + "</div>"
+
+
+def _unknown_paragraph(tr: Trace) -> str:
+    note = tr.unknown_note()
+    return f"<p class='meta unknown'>{escape(note)}.</p>" if note else ""
 
 
 def check_choice(layer: int | None, cell: int | None, top: int | None) -> None:
@@ -232,7 +279,7 @@ def neurons_page(
         raise UserError(f"--layer {layer}: the network has {layers} layer(s), numbered 0 to {layers - 1}")
     if cell is not None and not 0 <= cell < hidden:
         raise UserError(f"--cell {cell}: each layer has {hidden} cells, numbered 0 to {hidden - 1}")
-    feats = features(tr.text)
+    feats = {name: values[tr.read] for name, values in features(tr.text).items()}  # where the network read
     names = list(feats)
     r = correlations(acts, feats)
     absent = [n for n, v in feats.items() if np.ptp(v) == 0]
@@ -257,6 +304,7 @@ def neurons_page(
     body = [
         f"<h1>Neurons: {escape(title)}</h1>",
         f"<p class=meta>{escape(_about(meta, len(tr.text), total or len(tr.text)))}</p>",
+        _unknown_paragraph(tr),
         f"<p>Each character is coloured by one cell's activation once the network has read it: "
         f"{escape(SIGNALS[signal])}. Hover a character for the value.</p>",
         _legend("-1", "+1", pages.diverging),
@@ -267,7 +315,7 @@ def neurons_page(
     for m in picks:
         tracks = f"tracks {m.feature} (r = {m.r:+.3f})" if abs(m.r) > 0 else "tracks none of the features"
         body.append(f"<section class=cell><h2>Layer {m.layer}, cell {m.cell}: {escape(tracks)}</h2>")
-        body.append(_coloured(tr.text, acts[m.layer, :, m.cell]) + "</section>")
+        body.append(_coloured(tr, acts[m.layer, :, m.cell]) + "</section>")
     return pages.page(f"Neurons: {title}", "\n".join(body))
 
 
@@ -290,28 +338,38 @@ def predictions_page(tr: Trace, vocab: Vocab, meta: dict[str, Any], title: str, 
     the model's top guesses for the character after it."""
     top = min(TOP_GUESSES, tr.probs.shape[1])
     guesses = np.argsort(-tr.probs, axis=1)[:, :top]
-    own = np.full(len(tr.text), math.nan)
-    own[1:] = tr.probs[np.arange(len(tr.text) - 1), tr.ids[1:]]
+    own = np.full(len(tr.read), math.nan)  # the probability given to each read character before it was read
+    own[1:] = tr.probs[np.arange(len(tr.read) - 1), tr.ids[1:]]
+    index = np.full(len(tr.text), -1)
+    index[tr.read] = np.arange(len(tr.read))
     out = []
     for i, ch in enumerate(tr.text):
+        j = int(index[i])
         rows = "".join(
-            f"<tr><td>{escape(_symbol(vocab.symbols[g]))}</td><td class=num>{tr.probs[i, g]:.1%}</td></tr>"
-            for g in guesses[i]
+            f"<tr><td>{escape(_symbol(vocab.symbols[g]))}</td><td class=num>{tr.probs[j, g]:.1%}</td></tr>"
+            for g in (guesses[j] if j >= 0 else ())
         )
-        if math.isnan(own[i]):
-            heading, colour = "first character: nothing predicted it", "#eee"
+        if tr.unknown[i]:
+            heading, cls, style = f"{_symbol(ch)}: outside the vocabulary, {tr.how_unknown_are_read}", "p u", ""
+        elif math.isnan(own[j]):
+            heading, cls, style = "first character: nothing predicted it", "p", ' style="background:#eee"'
         else:
-            heading, colour = f"{_symbol(ch)}: {own[i]:.1%} likely", pages.likelihood(own[i])
-        tip = f"<span class=tip><b>{escape(heading)}</b><br>next:<table>{rows}</table></span>"
-        out.append(f'<span class=p style="background:{colour}">{pages.char_html(ch)}{tip}</span>')
+            heading, cls = f"{_symbol(ch)}: {own[j]:.1%} likely", "p"
+            style = f' style="background:{pages.likelihood(own[j])}"'
+        tip = f"<span class=tip><b>{escape(heading)}</b>{'<br>next:<table>' + rows + '</table>' if rows else ''}</span>"
+        out.append(f'<span class="{cls}"{style}>{pages.char_html(ch)}{tip}</span>')
         if ch == "\n":
             out.append("\n")
-    seen = own[1:]
+    scored = ~tr.unknown[tr.read]  # characters of the vocabulary that something before them predicted
+    scored[0] = False
+    seen = own[scored]
     mean_bits = float(-np.log2(np.maximum(seen, 1e-12)).mean()) if len(seen) else math.nan
+    over = " (its characters of the vocabulary)" if tr.unknown.any() else ""
     body = [
         f"<h1>Predictions: {escape(title)}</h1>",
         f"<p class=meta>{escape(_about(meta, len(tr.text), total or len(tr.text)))} · "
-        f"{mean_bits:.3f} bits/char on this text</p>",
+        f"{mean_bits:.3f} bits/char on this text{over}</p>",
+        _unknown_paragraph(tr),
         "<p>Each character is coloured by the probability the model gave it before reading it. "
         f"Hover a character for that probability and the model's top {top} guesses for the next character.</p>",
         _legend("0%", "100%", lambda v: pages.likelihood((v + 1) / 2)),

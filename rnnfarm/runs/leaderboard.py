@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,17 +30,24 @@ class TrialEnd:
     error: str | None = None
 
 
+def rankable(val_loss: Any) -> bool:
+    """Whether a val loss can rank: a finite number (a NaN would compare as neither better nor worse)."""
+    return isinstance(val_loss, int | float) and math.isfinite(val_loss)
+
+
 def best_checkpoint(trial: Trial) -> tuple[str, dict[str, Any]] | None:
     """The trial's kept checkpoint with the lowest val loss, among those Ray Train registered."""
     metas = [trial.checkpoint(name) / checkpoint.META for name in trial.registered()]
     found = [(meta.parent.name, meta.read_json()) for meta in metas if meta.exists()]
+    found = [(name, meta) for name, meta in found if rankable(meta.get("val_loss"))]
     return min(found, key=lambda f: f[1]["val_loss"]) if found else None
 
 
 def row(trial: Trial, end: TrialEnd, kept: tuple[str, dict[str, Any]] | None) -> dict[str, Any]:
     """The trial's line: its settings, its evaluations' best, and its best kept checkpoint."""
     metrics = trial.evaluations()
-    best_eval = min(metrics, key=lambda m: m["val_loss"]) if metrics else None
+    finite = [m for m in metrics if rankable(m.get("val_loss"))]
+    best_eval = min(finite, key=lambda m: m["val_loss"]) if finite else None
     return {
         "trial": end.trial,
         "status": end.status,
