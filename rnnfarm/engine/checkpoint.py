@@ -129,11 +129,11 @@ def load_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> dict[str, 
     return trainer
 
 
-def save_worker(folder: Path, rank: int, tensors: dict[str, torch.Tensor]) -> None:
+def save_worker(folder: Path, tensors: dict[str, torch.Tensor], *, rank: int) -> None:
     save_file(
         {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(folder / f"worker-{rank}.safetensors")
     )
 
 
-def load_worker(folder: Path, rank: int) -> dict[str, torch.Tensor]:
+def load_worker(folder: Path, *, rank: int) -> dict[str, torch.Tensor]:
     return _load_tensors(folder / f"worker-{rank}.safetensors")

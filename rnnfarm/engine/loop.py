@@ -26,11 +26,10 @@ from ..errors import Diverged
 from ..layout import CHECKPOINTS, Trial, checkpoint_name
 from ..spec import JobSpec, TrainSpec
 from ..storage import Store
+from ..units import bits
 from . import checkpoint
 from .model import CharRNN, State, detach, generate, state_from_tensors, state_tensors
 from .streams import Streams, eval_batch, eval_streams, streams_for
-
-LN2 = math.log(2)
 
 
 class Session(Protocol):
@@ -38,7 +37,6 @@ class Session(Protocol):
     world_size: int
     device: torch.device
 
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module: ...
     def average_gradients(self, model: torch.nn.Module) -> None: ...
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor: ...
     def latest_checkpoint(self) -> contextlib.AbstractContextManager[Path | None]: ...
@@ -62,9 +60,6 @@ class LocalSession:
     def __init__(self, folder: str | Path, device: str = "cpu") -> None:
         self.folder, self.device = Path(folder), torch.device(device)
         self.reports: list[dict[str, Any]] = []
-
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        return model.to(self.device)
 
     def average_gradients(self, model: torch.nn.Module) -> None:
         pass
@@ -135,7 +130,7 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
-def evaluate(model: CharRNN, streams: Streams, device: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
+def evaluate(model: CharRNN, streams: Streams, *, device: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
     """Summed loss (nats) and count of targets over every window of the streams, state carried across them."""
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)
@@ -163,11 +158,12 @@ def evaluate_split(job: Job, folder: Path, split: str = "test", device: str | to
     batch = eval_batch(manifest, split, batch_size=t.batch_size, seq_len=t.seq_len, world=world) * world
     streams = eval_streams(job.corpus, manifest, split, vocab, batch=batch, seq_len=t.seq_len, rank=0, world=1)
     model = checkpoint.load_model(folder, device)[0]
-    total = evaluate(model, streams, device, autocast_dtype(t.precision, device))
+    total = evaluate(model, streams, device=device, dtype=autocast_dtype(t.precision, device))
     return float(total[0] / total[1])
 
 
-def samples(model: CharRNN, vocab: Vocab, job: Job, step: int, device: torch.device) -> list[dict[str, Any]]:
+def samples(model: CharRNN, vocab: Vocab, job: Job, *, step: int, device: torch.device) -> list[dict[str, Any]]:
+    """The spec's samples at an evaluation: one per temperature, each drawn with a generator seeded by the step."""
     s = job.spec.samples
     prime = torch.from_numpy(vocab.encode(s.prime).astype("int64")).to(device)
     out = []
@@ -287,139 +283,219 @@ class Guard:
         return good["step"], good["best"], good["state"]
 
 
-def train(job: Job, session: Session) -> dict[str, Any]:
-    """Train the spec's model on this worker's share of the corpus; returns the last metrics."""
+@dataclass
+class Worker:
+    """What the loop trains with on this worker, set up once: the corpus's streams, the model, its optimizer."""
+
+    job: Job
+    session: Session
+    manifest: dict[str, Any]
+    vocab: Vocab
+    train_streams: Streams
+    val_streams: Streams
+    model: CharRNN
+    optimizer: torch.optim.Optimizer
+    dtype: torch.dtype | None  # autocast's, None in fp32
+    logger: Any
+
+    @property
+    def device(self) -> torch.device:
+        return self.session.device
+
+    @property
+    def rank(self) -> int:
+        return self.session.rank
+
+
+def set_up(job: Job, session: Session) -> Worker:
+    """This worker's share of the corpus as streams, and the model (the same initial weights on every rank)."""
     spec, t = job.spec, job.spec.train
     logger = log.get("rnnfarm.train").bind(trial=job.trial.name, rank=session.rank)
-    threads = spec.cluster.threads_per_worker or max(1, int(spec.cluster.cpus_per_worker))
-    torch.set_num_threads(threads)
-    device = session.device
-    dtype = autocast_dtype(t.precision, device)
-
+    torch.set_num_threads(spec.cluster.threads_per_worker or max(1, int(spec.cluster.cpus_per_worker)))
+    dtype = autocast_dtype(t.precision, session.device)
     manifest = shards.load_manifest(job.corpus)
     vocab = Vocab.from_json(manifest["vocab"])
-    rank, world = session.rank, session.world_size
-    where = {"rank": rank, "world": world}
+    where = {"rank": session.rank, "world": session.world_size}
     train_streams = streams_for(job.corpus, manifest, "train", vocab, batch=t.batch_size, seq_len=t.seq_len, **where)
-    val_batch = eval_batch(manifest, "val", batch_size=t.batch_size, seq_len=t.seq_len, world=world)
+    val_batch = eval_batch(manifest, "val", batch_size=t.batch_size, seq_len=t.seq_len, world=session.world_size)
     val_streams = eval_streams(job.corpus, manifest, "val", vocab, batch=val_batch, seq_len=t.seq_len, **where)
-
     torch.manual_seed(t.seed)  # identical initial weights on every rank
-    raw = CharRNN(len(vocab), spec.model).to(device)
-    model = session.wrap(raw)
-    optimizer = make_optimizer(raw, t)
-    torch.manual_seed(t.seed + 1 + rank)  # distinct dropout masks per rank
-    step, best, state, divergence = 0, math.inf, None, {}
+    model = CharRNN(len(vocab), spec.model).to(session.device)
+    optimizer = make_optimizer(model, t)
+    torch.manual_seed(t.seed + 1 + session.rank)  # distinct dropout masks per rank
+    return Worker(job, session, manifest, vocab, train_streams, val_streams, model, optimizer, dtype, logger)
 
-    with session.latest_checkpoint() as folder:
-        if folder is not None:
-            raw.load_state_dict(checkpoint.load_model(folder, device)[0].state_dict())
-            trainer = checkpoint.load_optimizer(folder, optimizer)
-            step, best = trainer["step"], trainer["best_val_loss"]
-            train_streams.load_state_dict(trainer["streams"])
-            divergence = trainer.get("divergence", {})  # absent from checkpoints older than rollbacks
-            worker = checkpoint.load_worker(folder, rank)
-            set_rng_state(worker, device)
-            state = state_from_tensors({k: v.to(device) for k, v in worker.items()})
-            logger.info("resumed", step=step, checkpoint=folder.name)
+
+def resume(w: Worker) -> tuple[int, float, State | None, dict[str, Any]]:
+    """Where the latest checkpoint left off: its step, best val loss, hidden state and divergence record."""
+    with w.session.latest_checkpoint() as folder:
+        if folder is None:
+            return 0, math.inf, None, {}
+        w.model.load_state_dict(checkpoint.load_model(folder, w.device)[0].state_dict())
+        trainer = checkpoint.load_optimizer(folder, w.optimizer)
+        w.train_streams.load_state_dict(trainer["streams"])
+        worker = checkpoint.load_worker(folder, rank=w.rank)
+        set_rng_state(worker, w.device)
+        state = state_from_tensors({k: v.to(w.device) for k, v in worker.items()})
+        w.logger.info("resumed", step=trainer["step"], checkpoint=folder.name)
+        # "divergence" is absent from checkpoints older than rollbacks
+        return trainer["step"], trainer["best_val_loss"], state, trainer.get("divergence", {})
+
+
+class Interval:
+    """The steps since the last evaluation: their losses and gradient norms, how many are logged, their times.
+
+    The losses stay on the device: reading one waits for the device, so it is done only to log.
+    """
+
+    def __init__(self, size: int, device: torch.device) -> None:
+        self.losses = torch.zeros(size, device=device)
+        self.norms = torch.zeros_like(self.losses)  # each step's gradient norm before clipping (when it clips)
+        self.restart()
+
+    def restart(self) -> None:
+        self.done, self.logged = 0, 0
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def add(self, loss: torch.Tensor, norm: torch.Tensor | None) -> None:
+        self.losses[self.done] = loss
+        if norm is not None:
+            self.norms[self.done] = norm
+        self.done += 1
+
+    def unlogged_loss(self) -> float:
+        """The mean loss of the steps not logged yet; they are logged now."""
+        loss = float(self.losses[self.logged : self.done].mean())
+        self.logged = self.done
+        return loss
+
+    def finish(self, session: Session) -> float:
+        """The interval's mean train loss over every worker; reading it waits for the device, so the interval's
+        wall and CPU seconds, taken then, are complete."""
+        loss = interval_loss(self.losses[: self.done], session)
+        self.wall_s, self.cpu_s = time.perf_counter() - self.wall, time.process_time() - self.cpu
+        return loss
+
+
+def train_step(w: Worker, x: torch.Tensor, y: torch.Tensor, state: State | None, *, lr: float):
+    """One optimizer step: forward, backward, the workers' mean gradient, clipped; the loss and the norm."""
+    x, y = to_device(x, w.device), to_device(y, w.device)
+    for group in w.optimizer.param_groups:
+        group["lr"] = lr
+    with autocast(w.device, w.dtype):
+        logits, state = w.model(x, state)
+    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+    state = detach(state)
+    w.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    w.session.average_gradients(w.model)
+    clip, norm = w.job.spec.train.grad_clip, None
+    if clip:  # after averaging: the workers' mean gradient is what gets clipped
+        norm = torch.nn.utils.clip_grad_norm_(w.model.parameters(), clip)
+    w.optimizer.step()
+    return loss.detach(), norm, state
+
+
+def validate(w: Worker) -> float:
+    """The val loss over every worker's streams, in nats/char."""
+    total = w.session.all_reduce(evaluate(w.model, w.val_streams, device=w.device, dtype=w.dtype))
+    return float(total[0] / total[1])
+
+
+def evaluation_metrics(
+    w: Worker, interval: Interval, *, step: int, train_loss: float, val_loss: float, best: float, **extra: Any
+) -> dict[str, Any]:
+    """What an evaluation records: losses, learning rate, and the interval's speed."""
+    t, world = w.job.spec.train, w.session.world_size
+    chars_per_step, done = world * t.batch_size * t.seq_len, interval.done
+    return {
+        "step": step,
+        "epoch": w.train_streams.epoch,
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "val_bpc": bits(val_loss),
+        "best_val_loss": best,
+        "lr": w.optimizer.param_groups[0]["lr"],
+        "grad_norm": float(interval.norms[:done].mean()) if t.grad_clip else None,  # mean over the interval, pre-clip
+        "chars": step * chars_per_step,
+        "chars_per_s": done * chars_per_step / interval.wall_s,
+        "step_time_s": interval.wall_s / done,
+        "step_cpu_s": interval.cpu_s / done,  # CPU seconds of this process: below step_time_s, it waited
+        **extra,
+    }
+
+
+def store(w: Worker, metrics: dict[str, Any], *, best: float, state: State | None, trainer: dict[str, Any]) -> None:
+    """An evaluation on storage: rank 0 writes its samples and metrics to the trial and the model to the
+    checkpoint; every rank adds its own state, and the session reports the checkpoint (Ray uploads it)."""
+    job, step, val_loss = w.job, metrics["step"], metrics["val_loss"]
+    with tempfile.TemporaryDirectory(prefix="rnnfarm-ckpt-") as tmp:
+        folder = Path(tmp)
+        if w.rank == 0:
+            drawn = samples(w.model, w.vocab, job, step=step, device=w.device)
+            job.trial.samples(step).write_json({"step": step, "val_loss": val_loss, "samples": drawn})
+            job.trial.metrics(step).write_json(metrics)
+            meta = {
+                "step": step,
+                "val_loss": val_loss,
+                "metrics": metrics,
+                "corpus": {"name": w.manifest["corpus"], "fingerprint": w.manifest["fingerprint"]},
+                "spec": redact.redact(job.spec.model_dump(mode="json", exclude={"storage_options"})),
+            }
+            checkpoint.save_model(folder, w.model, w.vocab, meta)
+            streams = w.train_streams.state_dict()
+            checkpoint.save_optimizer(
+                folder, w.optimizer, {"step": step, "best_val_loss": best, "streams": streams, **trainer}
+            )
+            w.logger.info("eval", **{k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+        checkpoint.save_worker(folder, {**rng_state(w.device), **state_tensors(state)}, rank=w.rank)
+        w.session.report(metrics, folder, checkpoint_name(step))
+        if w.rank == 0:
+            w.logger.info("checkpoint", step=step, name=checkpoint_name(step), val_loss=round(val_loss, 4))
+
+
+def train(job: Job, session: Session) -> dict[str, Any]:
+    """Train the spec's model on this worker's share of the corpus; returns the last metrics."""
+    t = job.spec.train
+    w = set_up(job, session)
+    step, best, state, divergence = resume(w)
     resumed_from = step
-    guard = Guard(t, len(vocab), divergence, logger)
-    kept = {"model": raw, "optimizer": optimizer, "streams": train_streams, "device": device}
+    guard = Guard(t, len(w.vocab), divergence, w.logger)
+    kept = {"model": w.model, "optimizer": w.optimizer, "streams": w.train_streams, "device": w.device}
     guard.keep(guard.reference, step=step, best=best, state=state, **kept)
-
-    chars_per_step = world * t.batch_size * t.seq_len
-    # Per-step losses stay on the device: reading one waits for the device, so it is done only to log.
-    losses = torch.zeros(min(t.eval_every, t.steps), device=device)
-    norms = torch.zeros_like(losses)  # each step's gradient norm before clipping (when it clips)
-    done, logged = 0, 0  # steps since the last evaluation; of them, already logged
-    started = interval = time.perf_counter()
-    interval_cpu = time.process_time()
+    started = time.perf_counter()
+    interval = Interval(min(t.eval_every, t.steps), w.device)
     metrics: dict[str, Any] = {}
     while step < t.steps:
-        x, y, epoch_start = train_streams.next()
+        # One step on the next batch; a new epoch of the streams starts from a zero hidden state.
+        x, y, epoch_start = w.train_streams.next()
         if epoch_start:
             state = None
-        x, y = to_device(x, device), to_device(y, device)
-        for group in optimizer.param_groups:
-            group["lr"] = t.lr * guard.lr_scale * lr_factor(step, t)
-        with autocast(device, dtype):
-            logits, state = model(x, state)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-        state = detach(state)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        session.average_gradients(raw)
-        if t.grad_clip:  # after averaging: the workers' mean gradient is what gets clipped
-            norms[done] = torch.nn.utils.clip_grad_norm_(raw.parameters(), t.grad_clip)
-        optimizer.step()
-        losses[done] = loss.detach()
-        step, done = step + 1, done + 1
+        loss, norm, state = train_step(w, x, y, state, lr=t.lr * guard.lr_scale * lr_factor(step, t))
+        interval.add(loss, norm)
+        step += 1
         if step == resumed_from + 1:
-            logger.info("first step", step=step, seconds=round(time.perf_counter() - started, 3))
-
-        if step % t.log_every == 0 and step % t.eval_every and rank == 0:
-            logger.info("step", step=step, loss=round(float(losses[logged:done].mean()), 4))
-            logged = done
+            w.logger.info("first step", step=step, seconds=round(time.perf_counter() - started, 3))
+        if step % t.log_every == 0 and step % t.eval_every and w.rank == 0:
+            w.logger.info("step", step=step, loss=round(interval.unlogged_loss(), 4))
         if step % t.eval_every and step != t.steps:
             continue
 
-        train_loss = interval_loss(losses[:done], session)  # waits for the device: the interval's time is complete
-        train_time, train_cpu = time.perf_counter() - interval, time.process_time() - interval_cpu
-        val_loss = math.nan
-        if math.isfinite(train_loss):  # the same on every rank: all of them evaluate, or none
-            total = session.all_reduce(evaluate(raw, val_streams, device, dtype))
-            val_loss = float(total[0] / total[1])
+        # Evaluate. The interval's loss over every worker is the same on every rank: all of them evaluate, or none.
+        train_loss = interval.finish(session)
+        val_loss = validate(w) if math.isfinite(train_loss) else math.nan
         if why := guard.check(train_loss, val_loss):  # nothing of a diverged interval is stored
             step, best, state = guard.roll_back(why, step, **kept)
-            done, logged, interval, interval_cpu = 0, 0, time.perf_counter(), time.process_time()
+            interval.restart()
             continue
         best = min(best, val_loss)
         guard.keep(train_loss, step=step, best=best, state=state, **kept)
-        metrics = {
-            "step": step,
-            "epoch": train_streams.epoch,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            "val_bpc": val_loss / LN2,
-            "best_val_loss": best,
-            "lr": optimizer.param_groups[0]["lr"],
-            "grad_norm": float(norms[:done].mean()) if t.grad_clip else None,  # mean over the interval, pre-clip
-            "chars": step * chars_per_step,
-            "chars_per_s": done * chars_per_step / train_time,
-            "step_time_s": train_time / done,
-            "step_cpu_s": train_cpu / done,  # CPU seconds of this process: below step_time_s, it waited
-            "elapsed_s": time.perf_counter() - started,
-            "resumed_from": resumed_from,
-            "rollbacks": guard.rollbacks,
-        }
-        with tempfile.TemporaryDirectory(prefix="rnnfarm-ckpt-") as tmp:
-            folder = Path(tmp)
-            if rank == 0:
-                drawn = samples(raw, vocab, job, step, device)
-                job.trial.samples(step).write_json({"step": step, "val_loss": val_loss, "samples": drawn})
-                job.trial.metrics(step).write_json(metrics)
-                meta = {
-                    "step": step,
-                    "val_loss": val_loss,
-                    "metrics": metrics,
-                    "corpus": {"name": manifest["corpus"], "fingerprint": manifest["fingerprint"]},
-                    "spec": redact.redact(spec.model_dump(mode="json", exclude={"storage_options"})),
-                }
-                checkpoint.save_model(folder, raw, vocab, meta)
-                checkpoint.save_optimizer(
-                    folder,
-                    optimizer,
-                    {
-                        "step": step,
-                        "best_val_loss": best,
-                        "streams": train_streams.state_dict(),
-                        "divergence": guard.state_dict(),
-                    },
-                )
-                logger.info("eval", **{k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
-            checkpoint.save_worker(folder, rank, {**rng_state(device), **state_tensors(state)})
-            session.report(metrics, folder, checkpoint_name(step))
-            if rank == 0:
-                logger.info("checkpoint", step=step, name=checkpoint_name(step), val_loss=round(val_loss, 4))
-        done, logged, interval, interval_cpu = 0, 0, time.perf_counter(), time.process_time()
+
+        # Store the evaluation and its checkpoint, then start the next interval.
+        extra = {"elapsed_s": time.perf_counter() - started, "resumed_from": resumed_from, "rollbacks": guard.rollbacks}
+        metrics = evaluation_metrics(
+            w, interval, step=step, train_loss=train_loss, val_loss=val_loss, best=best, **extra
+        )
+        store(w, metrics, best=best, state=state, trainer={"divergence": guard.state_dict()})
+        interval.restart()
     return metrics

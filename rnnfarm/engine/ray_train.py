@@ -36,9 +36,6 @@ class RaySession:
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device()
 
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        return model.to(self.device)
-
     def average_gradients(self, model: torch.nn.Module) -> None:
         """The workers' mean gradient in every worker: one all-reduce of all gradients, flattened.
 
