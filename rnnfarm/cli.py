@@ -517,13 +517,14 @@ def baseline(corpus_url: str, orders: tuple[int, ...], refit: bool, storage_opti
     and print each order's val and test nats/char and bits/char; the figures are kept in the corpus folder."""
     from .insight import ngram
     from .storage import Store
+    from .units import bits
 
     folder = Store.at(corpus_url, _assignments(storage_option, "-s"))
     result = ngram.baseline(folder, orders=orders or ngram.ORDERS, refit=refit)
     click.echo(f"n-gram baselines ({ngram.METHOD}), corpus {result.fingerprint}")
     click.echo("\n".join(ngram.table(result)))
     order, nats = result.best("val")
-    click.echo(f"best on val: order {order}, {nats:.4f} nats/char ({nats / math.log(2):.4f} bits/char)")
+    click.echo(f"best on val: order {order}, {nats:.4f} nats/char ({bits(nats):.4f} bits/char)")
     click.echo(f"fit on {result.tokens['train']:,} train chars; figures kept at {scrub((folder / ngram.CACHE).url)}")
 
 

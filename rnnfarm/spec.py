@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -9,7 +10,6 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .corpus.normalize import Policy
 from .errors import UserError
 from .redact import is_secret_key, redact
 
@@ -24,6 +24,20 @@ Fraction = Annotated[float, Field(ge=0, lt=1)]
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Policy(BaseModel):
+    """How raw text becomes training text, and how the vocabulary is chosen (``corpus.normalize`` applies it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    level: Literal["char", "byte"] = "char"
+    unicode: Literal["NFC", "none"] = "NFC"
+    invalid_utf8: Literal["replace", "drop", "error"] = "replace"
+    max_vocab: Annotated[int, Field(ge=2)] | None = 1024
+    min_count: Annotated[int, Field(ge=1)] = 1
+    replacement: Annotated[str, Field(min_length=1, max_length=1)] = "\ufffd"
+    separator: str | None = None  # between documents of a split; None: the corpus's own
 
 
 class CorpusSpec(Section):
@@ -263,13 +277,18 @@ class JobSpec(Section):
         return self
 
 
-def with_settings(spec: JobSpec, settings: dict[str, Any]) -> JobSpec:
-    """A single-model spec: this one with dotted settings (``model.hidden: 256``) applied, and no sweep."""
-    data = {**spec.model_dump(), "tune": None}
+def apply_settings(data: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a spec's data with dotted settings (``model.hidden: 256``) applied."""
+    data = copy.deepcopy(data)
     for key, value in settings.items():
         section, field = key.split(".", 1)
-        data[section][field] = value
-    return JobSpec.model_validate(data)
+        data.setdefault(section, {})[field] = value
+    return data
+
+
+def with_settings(spec: JobSpec, settings: dict[str, Any]) -> JobSpec:
+    """A single-model spec: this one with dotted settings applied, and no sweep."""
+    return JobSpec.model_validate(apply_settings({**spec.model_dump(), "tune": None}, settings))
 
 
 def _describe(error: dict[str, Any]) -> str:

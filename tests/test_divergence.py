@@ -16,6 +16,7 @@ from rnnfarm.launch import pipeline
 from rnnfarm.layout import RAY_SNAPSHOT, Run, Trial
 from rnnfarm.runs import leaderboard
 from rnnfarm.runs.leaderboard import TrialEnd
+from rnnfarm.runs.state import trial_state
 from rnnfarm.storage import Store
 
 from .conftest import make_spec
@@ -99,12 +100,13 @@ def test_a_run_whose_two_workers_diverge_fails_in_one_line_and_stores_no_nan(ray
 def test_a_nan_val_loss_is_never_ranked_or_promoted(tmp_path):
     trial = Trial(Store.at(str(tmp_path)) / "trials" / "main")
     for step, val in [(10, math.nan), (20, 2.5)]:  # a NaN first: min() would keep it
-        (trial.store / "metrics" / f"step-{step:06d}.json").write_json({"step": step, "val_loss": val, "chars": step})
+        metrics = {"step": step, "val_loss": val, "chars": step, "elapsed_s": step}
+        (trial.store / "metrics" / f"step-{step:06d}.json").write_json(metrics)
         (trial.store / f"checkpoint-{step:06d}" / "meta.json").write_json({"step": step, "val_loss": val})
     names = [{"checkpoint_dir_name": f"checkpoint-{s:06d}"} for s in (10, 20)]
     (trial.store / RAY_SNAPSHOT).write_json({"checkpoint_results": names})  # as Ray's manager writes it
 
     kept = leaderboard.best_checkpoint(trial)
     assert kept[0] == "checkpoint-000020"
-    row = leaderboard.row(trial, TrialEnd("main", "completed", {}, 1.0), kept)
+    row = leaderboard.row(trial_state(trial, target=20), TrialEnd("main", {}), kept)
     assert (row["best_val_loss"], row["best_step"]) == (2.5, 20)

@@ -15,6 +15,8 @@ from rnnfarm.storage import Store
 from .conftest import make_spec
 
 PACKAGE = Path(__file__).resolve().parent.parent / "rnnfarm"
+# Top to bottom: a module may import its own stage and the stages below it, never one above.
+STAGES = ["cli", "launch", "serving", "insight", "runs", "engine", "corpus", "shared"]
 # Path pieces of the run layout on storage: only rnnfarm/layout.py spells them in code.
 LAYOUT_PIECES = re.compile(
     r"(^|/)(metrics|samples|trials|runs|best)/|(^|/)step-|checkpoint-|checkpoint_manager_snapshot"
@@ -28,6 +30,15 @@ def modules() -> dict[str, Path]:
         parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
         found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return found
+
+
+def stage(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) > 1 and parts[1] in STAGES:
+        return parts[1]
+    if module in ("rnnfarm.cli", "rnnfarm.__main__"):
+        return "cli"
+    return "shared"
 
 
 def imports(module: str, path: Path) -> set[str]:
@@ -49,6 +60,15 @@ def imports(module: str, path: Path) -> set[str]:
     return found - {module}
 
 
+def test_every_import_points_to_the_same_stage_or_one_below_it():
+    upward = []
+    for module, path in modules().items():
+        for target in imports(module, path):
+            if STAGES.index(stage(target)) < STAGES.index(stage(module)):
+                upward.append(f"{module} ({stage(module)}) imports {target} ({stage(target)})")
+    assert not upward, "\n".join(upward)
+
+
 def test_the_modules_import_each_other_without_a_cycle():
     graph = {module: imports(module, path) for module, path in modules().items()}
     done: set[str] = set()
@@ -64,6 +84,15 @@ def test_the_modules_import_each_other_without_a_cycle():
 
     for module in sorted(graph):
         visit(module, [])
+
+
+def test_every_stage_says_what_it_owns_and_what_it_may_import():
+    for name in STAGES[1:-1]:
+        init = PACKAGE / name / "__init__.py"
+        if name == "serving" and not init.exists():
+            continue  # a stage not written yet
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        assert "may import" in doc, f"rnnfarm/{name}/__init__.py"
 
 
 def strings(tree: ast.AST) -> list[tuple[int, str]]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from rnnfarm.corpus import shards
 from rnnfarm.runs import leaderboard
+from rnnfarm.spec import apply_settings
 from rnnfarm.storage import Store
 
 from . import DEPLOY, ROOT
@@ -23,7 +24,6 @@ from .launch import (
     cleanup,
     command,
     curve,
-    dotted,
     launch,
     load_now,
     machine,
@@ -74,7 +74,7 @@ def sweep(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
     if getattr(args, "from_sweep", False):
         best = results["figures"]["sweep"]["best"]["settings"]
         inherited = {k: v for k, v in best.items() if k not in data["tune"]["space"]}
-        data = dotted(data, inherited)
+        data = apply_settings(data, inherited)
     data["tune"]["time_budget_s"] = int(args.minutes * 60)
     load = wait_quiet(args)
     run = launch(data, f"quality-sweep-{int(time.time())}", args.storage)
@@ -128,7 +128,7 @@ def placement(args: argparse.Namespace) -> dict[str, Any]:
     rates: dict[str, list[float]] = {v: [] for v in variants}
     for rep in range(args.reps):
         for label, settings in variants.items() if rep % 2 == 0 else reversed(variants.items()):
-            run = launch(dotted(base, settings), f"quality-placement-{int(time.time())}", args.storage)
+            run = launch(apply_settings(base, settings), f"quality-placement-{int(time.time())}", args.storage)
             rates[label].append(steady_rate(curve(run)))
             cleanup(args, run)
     load["end"] = load_now()
@@ -169,8 +169,8 @@ def shakespeare(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, 
         settings = found["best"]["settings"]
         if "sweep_long" in results["figures"]:
             settings = {**settings, **results["figures"]["sweep_long"]["best"]["settings"]}
-        slower = step_cost(found, data["model"], {**data["model"], **dotted(data, settings)["model"]})
-        data = dotted(data, settings)
+        slower = step_cost(found, data["model"], {**data["model"], **apply_settings(data, settings)["model"]})
+        data = apply_settings(data, settings)
     t = data["train"]
     t["steps"] = round(t["steps"] / slower)  # the sweep's model may take longer a step than the spec's
     if args.gpu:  # one GPU worker with the global batch computes the same steps: the CPU run's config, timed
@@ -316,7 +316,7 @@ def corpora(args: argparse.Namespace) -> dict[str, Any]:
     """Val bits/char of every built-in corpus: the same config and the same number of steps (``--minutes`` of
     training at the speed measured on tiny Shakespeare just before), one evaluation at the end."""
     base = quiet_samples({**json.loads(json.dumps(STANDARD)), "corpus": {"name": "shakespeare"}})
-    calibration = dotted(base, {"train.steps": 60, "train.eval_every": 20, "train.warmup_steps": 0})
+    calibration = apply_settings(base, {"train.steps": 60, "train.eval_every": 20, "train.warmup_steps": 0})
     load = wait_quiet(args)
     run = launch(calibration, f"quality-corpora-calibration-{int(time.time())}", args.storage)
     rate = steady_rate(curve(run))
@@ -324,7 +324,7 @@ def corpora(args: argparse.Namespace) -> dict[str, Any]:
     steps = max(10, round(args.minutes * 60 * rate / chars_per_step(base)))
     rows = []
     for name, options, label in CORPORA:
-        data = dotted(base, {"train.steps": steps, "train.eval_every": steps})
+        data = apply_settings(base, {"train.steps": steps, "train.eval_every": steps})
         data["corpus"] = {"name": name, "options": options}
         run = launch(data, f"quality-corpus-{name}-{int(time.time())}", args.storage)
         manifest = shards.load_manifest(Store.at(run.run.info()["corpus"]["url"]))

@@ -133,15 +133,6 @@ def curve(launched: Launched, trial: str = "main") -> list[dict[str, Any]]:
     return rows
 
 
-def dotted(data: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
-    """A copy of spec ``data`` with dotted settings (``model.hidden: 512``) applied."""
-    data = json.loads(json.dumps(data))
-    for key, value in settings.items():
-        section, field = key.split(".", 1)
-        data.setdefault(section, {})[field] = value
-    return data
-
-
 def shorten(data: dict[str, Any], scale: float) -> None:
     """Scale spec ``data``'s schedule (steps, evaluations, warmup, ASHA's grace) down by ``scale`` < 1."""
     if scale >= 1:

@@ -6,24 +6,15 @@ from typing import Any
 
 from ..errors import UserError
 from ..storage import Store
+from ..tables import table
 from . import registry, shards
-
-
-def _table(rows: list[list[str]], right: set[int] = frozenset()) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return [
-        "  ".join(
-            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
-        ).rstrip()
-        for r in rows
-    ]
 
 
 def corpora() -> list[str]:
     rows = [["name", "version", "distribution", "description"]]
     for name, corpus in sorted(registry.corpora().items()):
         rows.append([name, corpus.version, registry.distribution(corpus), corpus.description])
-    return _table(rows)
+    return table(rows)
 
 
 def _symbol(s: str, level: str) -> str:
@@ -45,7 +36,7 @@ def splits(manifest: dict[str, Any]) -> list[str]:
                 str(len(split["shards"])),
             ]
         )
-    return _table(rows, right={1, 2, 3, 4, 5, 6})
+    return table(rows, right={1, 2, 3, 4, 5, 6})
 
 
 def summary(folder: Store, manifest: dict[str, Any], skipped: bool) -> list[str]:

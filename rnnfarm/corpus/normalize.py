@@ -13,12 +13,11 @@ import codecs
 import re
 import unicodedata
 from collections import Counter
-from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import UserError
+from ..spec import Policy
 from .vocab import Vocab
 
 # C0 and C1 controls, DEL; tab and newline are kept. As bytes: C0 and DEL are single bytes in UTF-8
@@ -28,20 +27,6 @@ _C0_BYTES = bytes([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F])
 _C1_BYTES = re.compile(b"\xc2[\x80-\x9f]")
 _ESCAPED = re.compile("[\udc80-\udcff]")  # invalid input bytes, as surrogateescape decodes them
 CARRY_MAX = 1 << 20  # a line longer than this is normalized in pieces
-
-
-class Policy(BaseModel):
-    """How raw text becomes training text, and how the vocabulary is chosen."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    level: Literal["char", "byte"] = "char"
-    unicode: Literal["NFC", "none"] = "NFC"
-    invalid_utf8: Literal["replace", "drop", "error"] = "replace"
-    max_vocab: Annotated[int, Field(ge=2)] | None = 1024
-    min_count: Annotated[int, Field(ge=1)] = 1
-    replacement: Annotated[str, Field(min_length=1, max_length=1)] = "\ufffd"
-    separator: str | None = None  # between documents of a split; None: the corpus's own
 
 
 class Normalizer:

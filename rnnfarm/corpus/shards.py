@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import UserError
-from ..storage import Store, is_local
+from ..storage import Store, is_local, sha256_file
 from .normalize import Tally
 from .sources import cache_dir
 from .vocab import Vocab
@@ -199,14 +199,6 @@ def _corrupt(folder: Store, shard: dict[str, Any]) -> UserError:
     )
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def local_shard(folder: Store, shard: dict[str, Any]) -> Path:
     """A verified local file holding a shard: the shard itself when the corpus is local, else a copy
     cached under ``<cache>/shards/<sha256>.arrow`` (downloaded once, checked on every use)."""
@@ -216,17 +208,17 @@ def local_shard(folder: Store, shard: dict[str, Any]) -> Path:
             raise UserError(
                 f"shard {folder.url}/{shard['path']} is missing: delete the corpus folder and build it again"
             )
-        if _sha256_file(path) != shard["sha256"]:
+        if sha256_file(path) != shard["sha256"]:
             raise _corrupt(folder, shard)
         return path
     cached = cache_dir() / "shards" / f"{shard['sha256']}.arrow"
-    if cached.exists() and _sha256_file(cached) == shard["sha256"]:
+    if cached.exists() and sha256_file(cached) == shard["sha256"]:
         return cached
     cached.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=cached.parent, prefix=".download-", delete=False) as tmp:
         try:
             (folder / shard["path"]).download(tmp.name)
-            if _sha256_file(Path(tmp.name)) != shard["sha256"]:
+            if sha256_file(Path(tmp.name)) != shard["sha256"]:
                 raise _corrupt(folder, shard)
             os.replace(tmp.name, cached)
         finally:

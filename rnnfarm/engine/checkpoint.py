@@ -31,15 +31,10 @@ OPTIMIZER, TRAINER = "optimizer.safetensors", "trainer.json"
 TRAINER_KEYS = ("param_groups", "scalars", "step", "best_val_loss", "streams")  # what a resume reads
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
 def save_model(folder: Path, model: CharRNN, vocab: Vocab, meta: dict[str, Any]) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / MODEL))
-    _write_json(
-        folder / META,
+    Store.at(str(folder / META)).write_json(
         {"format": FORMAT, "model": model.spec.model_dump(), "vocab": vocab.to_json(), **meta},
     )
 
@@ -101,7 +96,7 @@ def save_optimizer(folder: Path, optimizer: torch.optim.Optimizer, trainer: dict
             else:
                 scalars[f"{idx}.{key}"] = value
     save_file(tensors, str(folder / OPTIMIZER))
-    _write_json(folder / TRAINER, {"param_groups": sd["param_groups"], "scalars": scalars, **trainer})
+    Store.at(str(folder / TRAINER)).write_json({"param_groups": sd["param_groups"], "scalars": scalars, **trainer})
 
 
 def _load_trainer(path: Path) -> dict[str, Any]:

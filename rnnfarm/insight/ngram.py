@@ -21,7 +21,6 @@ chunk at once, order after order.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from ..corpus import shards
 from ..corpus.vocab import Vocab
 from ..errors import UserError
 from ..storage import Store
+from ..units import bits
 
 METHOD = "interpolated Kneser-Ney, one discount per order, D = n1/(n1+2 n2)"
 VERSION = 1  # bump when the figures this module computes for a corpus change; older cached results are refit
@@ -311,7 +311,7 @@ def line(result: Baseline) -> str | None:
     if best is None:
         return None
     order, nats = best
-    return f"{nats:.4f} nats/char ({nats / math.log(2):.4f} bits/char), order {order} interpolated Kneser-Ney"
+    return f"{nats:.4f} nats/char ({bits(nats):.4f} bits/char), order {order} interpolated Kneser-Ney"
 
 
 def baseline(folder: Store, *, orders: Sequence[int] = ORDERS, refit: bool = False) -> Baseline:
@@ -346,6 +346,6 @@ def table(result: Baseline) -> list[str]:
     header = f"{'ORDER':>5}" + "".join(f"  {s + ' nats/char':>15}  {s + ' bits/char':>15}" for s in splits)
     rows = [header]
     for k, figures in sorted(result.nats.items()):
-        cells = "".join(f"  {figures[s]:>15.4f}  {figures[s] / math.log(2):>15.4f}" for s in splits)
+        cells = "".join(f"  {figures[s]:>15.4f}  {bits(figures[s]):>15.4f}" for s in splits)
         rows.append(f"{k:>5}{cells}")
     return rows

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import socket
 from dataclasses import dataclass
@@ -18,8 +17,10 @@ from ..insight import report
 from ..layout import SINGLE_TRIAL, Run
 from ..runs import archive, leaderboard, record
 from ..runs.leaderboard import TrialEnd
+from ..runs.state import STATUSES, trial_state
 from ..spec import JobSpec, run_name
 from ..storage import Store
+from ..units import bits
 
 # Defaults for an embedded Ray (the environment overrides each).
 LOCAL_RAY_ENV = {
@@ -139,7 +140,7 @@ def ensure_ray(spec: JobSpec) -> float:
         join_cluster(spec)
     else:
         raise UserError(
-            f"cluster.address {address!r} is a cluster to submit to: `rnnfarm run` or rnnfarm.submit does it"
+            f"cluster.address {address!r} is a cluster to submit to: `rnnfarm run` or rnnfarm.launch.submit does it"
         )
     have = ray.cluster_resources().get("CPU", 0)
     need = trial_cpus(spec)
@@ -209,28 +210,16 @@ def single(spec: JobSpec, the_run: Run, corpus: Store) -> TrialEnd:
             log.get("rnnfarm.run").warning("could not record the failure", run=the_run.name, reason=str(unrecorded))
         raise
     archive.consolidate(trial)
-    stored = trial.evaluations()
-    step = stored[-1]["step"] if stored else 0
-    return TrialEnd(SINGLE_TRIAL, "completed" if step >= spec.train.steps else "stopped", {}, trial_wall(stored))
-
-
-def trial_wall(stored: list[dict[str, Any]]) -> float | None:
-    """Training time of a trial as its evaluations measured it (summed over restarts)."""
-    if not stored:
-        return None
-    total, last = 0.0, 0.0
-    for m in stored:
-        if m["elapsed_s"] < last:  # the worker restarted: its clock started again
-            total += last
-        last = m["elapsed_s"]
-    return total + last
+    return TrialEnd(SINGLE_TRIAL, {})
 
 
 def finish(the_run: Run, ends: list[TrialEnd], spec: JobSpec, corpus: Store, splits: dict[str, Any]) -> Outcome:
     """Rank the trials, promote the best kept checkpoint to ``best/``, score it on the test split if the
     corpus has one, and close the run's record."""
+    target = spec.train.steps
+    states = {e.trial: trial_state(the_run.trial(e.trial), target=target, failed=e.error is not None) for e in ends}
     kept = {end.trial: leaderboard.best_checkpoint(the_run.trial(end.trial)) for end in ends}
-    rows = leaderboard.ranked([leaderboard.row(the_run.trial(end.trial), end, kept[end.trial]) for end in ends])
+    rows = leaderboard.ranked([leaderboard.row(states[end.trial], end, kept[end.trial]) for end in ends])
     leaderboard.write(the_run, rows)
     candidates = [(meta["val_loss"], trial, name) for trial, k in kept.items() if k for name, meta in [k]]
     if spec.tune is None:  # a sweep's trials are logged as they end (tune.TrialEnds)
@@ -244,13 +233,12 @@ def finish(the_run: Run, ends: list[TrialEnd], spec: JobSpec, corpus: Store, spl
         raise TrainingFailed(f"training failed: {errors}")
     _, trial, name = min(candidates)
     best = record.promote(the_run, trial, name)
-    best["val_bpc"] = best["val_loss"] / math.log(2)
+    best["val_bpc"] = bits(best["val_loss"])
     if "test" in splits:  # the corpus has a test split (`corpus.test` > 0)
-        best["test_loss"] = test_loss(the_run, spec, corpus, next(e for e in ends if e.trial == trial))
-        best["test_bpc"] = best["test_loss"] / math.log(2)
-    ended = record.end(
-        the_run, "completed", best=best, trials={s: sum(e.status == s for e in ends) for s in leaderboard.STATUSES}
-    )
+        best["test_loss"] = test_split_loss(the_run, spec, corpus, next(e for e in ends if e.trial == trial))
+        best["test_bpc"] = bits(best["test_loss"])
+    counts = {s: sum(state.status == s for state in states.values()) for s in STATUSES}
+    ended = record.end(the_run, "completed", best=best, trials=counts)
     report.publish(the_run)
     log.get("rnnfarm.run").info(
         "run completed", run=the_run.name, val_loss=round(best["val_loss"], 4), best=best["url"]
@@ -258,7 +246,7 @@ def finish(the_run: Run, ends: list[TrialEnd], spec: JobSpec, corpus: Store, spl
     return Outcome(the_run, ended, rows)
 
 
-def test_loss(the_run: Run, spec: JobSpec, corpus: Store, end: TrialEnd) -> float:
+def test_split_loss(the_run: Run, spec: JobSpec, corpus: Store, end: TrialEnd) -> float:
     """The promoted checkpoint's loss on the whole test split, cut as its trial cut val."""
     from ..insight.sample import local_checkpoint
 

@@ -27,6 +27,7 @@ from ..layout import EXPERIMENT, Run
 from ..runs import archive
 from ..runs.leaderboard import TrialEnd
 from ..runs.record import comparable
+from ..runs.state import trial_state
 from ..spec import Distribution, JobSpec, TuneSpec, with_settings
 from ..storage import Store
 
@@ -96,23 +97,27 @@ def driver(config: dict[str, Any], *, base: JobSpec, corpus: Store, run: Run, lo
 
 
 class TrialEnds(tune.Callback):
-    """Logs each trial's end (``trial ended``) when the scheduler ends it, not when the whole sweep does."""
+    """Logs each trial's end (``trial ended``) when the scheduler ends it, not when the whole sweep does, with
+    its state as stored (``runs.state``)."""
 
-    def __init__(self, run: str, steps: int) -> None:
+    def __init__(self, run: Run, steps: int) -> None:
         self.run, self.steps = run, steps
 
     def on_trial_complete(self, iteration: int, trials: list, trial: tune.experiment.Trial, **info: Any) -> None:
-        step = trial.last_result.get("step", 0)
-        status = "not started" if not step else "completed" if step >= self.steps else "stopped"
-        self._log(trial, status, step)
+        self._log(trial, failed=False)
 
     def on_trial_error(self, iteration: int, trials: list, trial: tune.experiment.Trial, **info: Any) -> None:
-        self._log(trial, "failed", trial.last_result.get("step", 0))
+        self._log(trial, failed=True)
 
-    def _log(self, trial: tune.experiment.Trial, status: str, step: int) -> None:
-        best = trial.metric_analysis.get("val_loss", {}).get("min")
+    def _log(self, trial: tune.experiment.Trial, *, failed: bool) -> None:
+        state = trial_state(self.run.trial(trial.trial_id), target=self.steps, failed=failed)
         log.get("rnnfarm.tune").info(
-            "trial ended", run=self.run, trial=trial.trial_id, status=status, steps=step, best_val_loss=best
+            "trial ended",
+            run=self.run.name,
+            trial=trial.trial_id,
+            status=state.status,
+            steps=state.steps,
+            best_val_loss=state.best["val_loss"] if state.best else None,
         )
 
 
@@ -157,7 +162,7 @@ def _tuner(spec: JobSpec, run: Run, corpus: Store, log_format: str, concurrency:
             storage_path=path,
             storage_filesystem=filesystem,
             failure_config=tune.FailureConfig(max_failures=0),
-            callbacks=[TrialEnds(run.name, spec.train.steps)],
+            callbacks=[TrialEnds(run, spec.train.steps)],
             verbose=0,
         ),
     )
@@ -188,18 +193,10 @@ def sweep(spec: JobSpec, run: Run, corpus: Store, log_format: str, concurrency: 
         trial_id = result.path.rstrip("/").rsplit("/", 1)[-1]
         trial = run.trial(trial_id)
         archive.consolidate(trial)
-        # A worker can finish its last steps while the scheduler's stop is on its way: count what it stored.
-        stored = trial.evaluations()
-        step = max((result.metrics or {}).get("step", 0), stored[-1]["step"] if stored else 0)
-        if result.error is not None:
-            status = "failed"
-        elif not step:
-            status = "not started"
-        else:
-            status = "completed" if step >= spec.train.steps else "stopped"
+        # Status, steps and wall time come from what the trial stored (runs.state), not from Tune's copy: a
+        # worker can finish its last steps while the scheduler's stop is on its way.
         error = str(result.error).strip().splitlines()[-1] if result.error is not None else None
-        wall = (result.metrics or {}).get("time_total_s")
-        ends.append(TrialEnd(trial_id, status, settings_of(result.config or {}), wall, error))
+        ends.append(TrialEnd(trial_id, settings_of(result.config or {}), error))
     log.get("rnnfarm.tune").info(
         "sweep ended", run=run.name, trials=len(ends), wall_s=round(time.perf_counter() - started, 1)
     )

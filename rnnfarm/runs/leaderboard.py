@@ -1,9 +1,8 @@
-"""The leaderboard: every trial of a run, its settings, how far it got and how well it did."""
+"""The leaderboard: every trial of a run, its settings, how far it got and how well it did (``state``)."""
 
 from __future__ import annotations
 
 import io
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,24 +14,17 @@ from ..engine import checkpoint
 from ..layout import Run, Trial
 from ..tables import cell, table
 from ..units import bits
-
-STATUSES = ("completed", "stopped", "failed", "not started")
+from .state import TrialState, rankable
 
 
 @dataclass(frozen=True)
 class TrialEnd:
-    """How a trial ended, as its scheduler saw it."""
+    """What only the scheduler knows of a trial: the settings it sampled, and the error the trial raised.
+    Everything else about it (status, steps, wall time, best) is its state on storage (``state``)."""
 
     trial: str
-    status: str  # one of STATUSES: "stopped" means stopped early by the scheduler (ASHA)
     settings: dict[str, Any]
-    wall_s: float | None
     error: str | None = None
-
-
-def rankable(val_loss: Any) -> bool:
-    """Whether a val loss can rank: a finite number (a NaN would compare as neither better nor worse)."""
-    return isinstance(val_loss, int | float) and math.isfinite(val_loss)
 
 
 def best_checkpoint(trial: Trial) -> tuple[str, dict[str, Any]] | None:
@@ -43,21 +35,20 @@ def best_checkpoint(trial: Trial) -> tuple[str, dict[str, Any]] | None:
     return min(found, key=lambda f: f[1]["val_loss"]) if found else None
 
 
-def row(trial: Trial, end: TrialEnd, kept: tuple[str, dict[str, Any]] | None) -> dict[str, Any]:
-    """The trial's line: its settings, its evaluations' best, and its best kept checkpoint."""
-    metrics = trial.evaluations()
-    finite = [m for m in metrics if rankable(m.get("val_loss"))]
-    best_eval = min(finite, key=lambda m: m["val_loss"]) if finite else None
+def row(state: TrialState, end: TrialEnd, kept: tuple[str, dict[str, Any]] | None) -> dict[str, Any]:
+    """The trial's line: its settings, its state (status, best evaluation, steps, wall time), its best kept
+    checkpoint."""
+    best = state.best
     return {
         "trial": end.trial,
-        "status": end.status,
+        "status": state.status,
         **{key: value for key, value in sorted(end.settings.items())},
-        "best_val_loss": best_eval["val_loss"] if best_eval else None,
-        "best_val_bpc": bits(best_eval["val_loss"]) if best_eval else None,
-        "best_step": best_eval["step"] if best_eval else None,
-        "steps": metrics[-1]["step"] if metrics else 0,
-        "chars": metrics[-1]["chars"] if metrics else 0,
-        "wall_s": round(end.wall_s, 1) if end.wall_s is not None else None,
+        "best_val_loss": best["val_loss"] if best else None,
+        "best_val_bpc": bits(best["val_loss"]) if best else None,
+        "best_step": best["step"] if best else None,
+        "steps": state.steps,
+        "chars": state.chars,
+        "wall_s": round(state.wall_s, 1) if state.wall_s is not None else None,
         "checkpoint": kept[0] if kept else None,
         "error": end.error,
     }

@@ -7,6 +7,7 @@ leaderboard, the progress display, the sweep's end, the report and the benchmark
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +23,13 @@ class TrialState:
     steps: int  # the step of its last stored evaluation
     chars: int  # characters trained on by then
     wall_s: float | None  # training time as its evaluations measured it, summed over restarts
-    best: dict[str, Any] | None  # the metrics of its evaluation with the lowest val loss
+    best: dict[str, Any] | None  # the metrics of its evaluation with the lowest (finite) val loss
     evaluations: list[dict[str, Any]]
+
+
+def rankable(val_loss: Any) -> bool:
+    """Whether a val loss can rank: a finite number (a NaN would compare as neither better nor worse)."""
+    return isinstance(val_loss, int | float) and math.isfinite(val_loss)
 
 
 def status(steps: int, *, target: int, failed: bool = False) -> str:
@@ -52,12 +58,13 @@ def trial_state(trial: Trial, *, target: int, failed: bool = False) -> TrialStat
     evaluations = trial.evaluations()
     last = evaluations[-1] if evaluations else {}
     steps = last.get("step", 0)
+    finite = [m for m in evaluations if rankable(m.get("val_loss"))]
     return TrialState(
         trial=trial.name,
         status=status(steps, target=target, failed=failed),
         steps=steps,
         chars=last.get("chars", 0),
         wall_s=wall_time(evaluations),
-        best=min(evaluations, key=lambda m: m["val_loss"]) if evaluations else None,
+        best=min(finite, key=lambda m: m["val_loss"]) if finite else None,
         evaluations=evaluations,
     )
