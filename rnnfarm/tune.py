@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-import typing
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,10 +36,10 @@ TUNE_COPIES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN
 
 
 def _is_int(key: str) -> bool:
+    """Whether the setting's schema takes integers (pydantic keeps ``int`` as the field's annotation, its bounds
+    apart), so that a range on it draws integers."""
     section, field = key.split(".", 1)
-    model = typing.get_type_hints(JobSpec)[section]
-    annotation = str(model.model_fields[field].annotation)
-    return annotation.startswith("int") or "Annotated[int" in annotation
+    return JobSpec.model_fields[section].annotation.model_fields[field].annotation is int
 
 
 def _domain(key: str, dist: Distribution):
