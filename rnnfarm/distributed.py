@@ -15,7 +15,7 @@ import torch.distributed as dist
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from . import checkpoint, log
+from . import checkpoint, credentials, log
 from .errors import TrainingFailed
 from .storage import Store
 from .train import Job, train
@@ -131,6 +131,7 @@ def fit(job: Job, log_format: str, callbacks: list | None = None) -> ray.train.R
             callbacks=callbacks,
         ),
     )
+    credentials.deposit()  # the job's storage credentials, for its workers (none where this is a worker)
     try:
         return trainer.fit()
     except ray.train.TrainingFailedError as exc:

@@ -19,7 +19,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from . import archive, log
+from . import archive, credentials, log
 from .distributed import fit
 from .leaderboard import TrialEnd, evaluations
 from .runs import Run, comparable
@@ -179,6 +179,7 @@ def sweep(spec: JobSpec, run: Run, corpus: Store, log_format: str, concurrency: 
     # nothing new: its results are read from storage, so Tune must accept the silent end.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     started = time.perf_counter()
+    credentials.deposit()
     with _unseen_by_tune():
         results = _tuner(spec, run, corpus, log_format, concurrency).fit()
     ends = []
