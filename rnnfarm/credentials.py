@@ -118,7 +118,7 @@ def deposit() -> None:
     """
     import ray
 
-    if not ray.is_initialized():
+    if not _values or not ray.is_initialized():
         return
     where = (_name(), ray.get_runtime_context().gcs_address)
     if where not in _held:
