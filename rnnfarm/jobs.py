@@ -8,7 +8,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from . import archive, leaderboard, log, report
+from . import archive, credentials, leaderboard, log, report
 from .corpus.build import build, plugin
 from .errors import TrainingFailed, UserError
 from .leaderboard import TrialEnd
@@ -135,6 +135,7 @@ def ensure_ray(spec: JobSpec) -> float:
         raise UserError(
             f"cluster.address {address!r} is a cluster to submit to: `rnnfarm run` or rnnfarm.submit does it"
         )
+    credentials.deposit()  # the storage credentials read so far, for this job's workers
     have = ray.cluster_resources().get("CPU", 0)
     need = trial_cpus(spec)
     if need > have:
