@@ -14,8 +14,6 @@ HTTP: ``POST /generate`` (JSON in; JSON out, or the text itself as it is generat
 ``text/plain``, with ``stream: true``), ``GET /healthz``, ``GET /model`` (the model card).
 """
 
-from __future__ import annotations
-
 import asyncio
 import logging
 import queue
@@ -39,6 +37,7 @@ from ..sample import local_checkpoint
 from ..vocab import Vocab
 
 APP_NAME = "rnnfarm"
+EXAMPLE = '{"prime": "ROMEO:", "length": 200, "seed": 1}'
 logger = logging.getLogger("rnnfarm.serve")
 
 
@@ -269,7 +268,9 @@ class TextGenerator:
         try:
             body = await request.json()
         except ValueError as exc:
-            return refused(f'the body is not JSON ({exc}): send an object such as {{"prime": "ROMEO:"}}')
+            return refused(f"the body is not JSON ({exc}): send an object such as {EXAMPLE}")
+        if not isinstance(body, dict):
+            return refused(f"the body must be a JSON object such as {EXAMPLE}")
         try:
             asked = GenerateRequest.model_validate(body)
         except ValidationError as exc:
@@ -349,8 +350,9 @@ def start(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000) -> Serv
         pass
     if not ray.is_initialized():
         start_local_ray()
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(application(args), name=APP_NAME, route_prefix="/")
+    quiet = {"log_level": "WARNING", "enable_access_log": False}  # Ray copies its actors' lines to this terminal
+    serve.start(http_options={"host": host, "port": port}, logging_config=quiet)
+    serve.run(application(args), name=APP_NAME, route_prefix="/", logging_config=quiet)
     return Served(f"http://{host}:{port}", args)
 
 
