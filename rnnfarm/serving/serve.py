@@ -38,6 +38,7 @@ from ..vocab import Vocab
 
 APP_NAME = "rnnfarm"
 EXAMPLE = '{"prime": "ROMEO:", "length": 200, "seed": 1}'
+FLUSH_S = 0.02  # a stream is sent what it has this often
 logger = logging.getLogger("rnnfarm.serve")
 
 
@@ -83,6 +84,7 @@ class Job:
     text: list[str] = field(default_factory=list)
     left: int = 0
     error: str | None = None
+    sent_at: float | None = None  # when the stream was last sent text
     cancelled: bool = False  # its client went away
 
 
@@ -174,17 +176,19 @@ class Stepper:
         tokens = draw(last, temperature, top_k, [j.generator for j in active])
         deliveries: list[Delivery] = []
         going: list[int] = []
+        now = time.monotonic()
         for row, (job, token) in enumerate(zip(active, tokens.tolist(), strict=True)):
             text = job.decode(token)
             job.left -= 1
             done = job.left == 0 or job.cancelled
-            if job.stream:
-                if text or done:
-                    deliveries.append((job, text, done))
-            else:
-                job.text.append(text)
-                if done:
-                    deliveries.append((job, "".join(job.text), True))
+            job.text.append(text)
+            # A stream is sent its first character at once, then what it has every FLUSH_S: each piece
+            # crosses from the replica to Serve's proxy on its own, and one per character would cost more
+            # than the step that drew it.
+            due = done or (job.stream and (job.sent_at is None or now - job.sent_at >= FLUSH_S))
+            if due and ((chunk := "".join(job.text)) or done):
+                deliveries.append((job, chunk, done))
+                job.text, job.sent_at = [], now
             if not done:
                 going.append(row)
         if deliveries:
