@@ -7,7 +7,7 @@ over the loaded model, batch 1), each request seeded as the server seeds it; the
 characters where the server's texts differ from the loop's (see rnnfarm/serving/serve.py on why they could).
 Weights are random: speed does not depend on them.
 
-    .venv/bin/python bench/serve.py [--requests 32] [--length 200] [--layers 2] [--hidden 128]
+    .venv/bin/python bench/serve.py [--requests 64] [--length 200] [--layers 2] [--hidden 128]
 """
 
 import argparse
@@ -70,7 +70,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=32, help="requests at each concurrency")
+    parser.add_argument("--requests", type=int, default=64, help="requests at each concurrency")
     parser.add_argument("--length", type=int, default=200, help="characters per request")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=128)

@@ -38,7 +38,7 @@ from ..vocab import Vocab
 
 APP_NAME = "rnnfarm"
 EXAMPLE = '{"prime": "ROMEO:", "length": 200, "seed": 1}'
-FLUSH_S = 0.02  # a stream is sent what it has this often
+FLUSH_S = 0.05  # a stream is sent what it has this often
 logger = logging.getLogger("rnnfarm.serve")
 
 
