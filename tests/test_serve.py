@@ -161,3 +161,9 @@ def test_the_step_loop_gives_each_gru_job_the_text_sample_draws_alone_whatever_r
     for seed, j in enumerate(jobs):
         alone = characters(model, vocab, "AB", 30 + seed, generator=torch.Generator().manual_seed(seed))
         assert done[j] == "".join(alone)
+
+
+def test_the_serve_command_refuses_a_target_that_is_no_checkpoint_in_one_line(tmp_path):
+    result = CliRunner().invoke(cli, ["serve", str(tmp_path / "nothing"), "--port", "8123"])
+    assert result.exit_code == 2 and "neither a checkpoint nor a run" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
