@@ -5,10 +5,11 @@ generated is one row of the model's state: one forward pass steps every row, so 
 requests at once and its throughput grows with concurrency. A request joins between two steps (its
 prime read alone, as `rnnfarm sample` reads it) and leaves as soon as its text is complete.
 
-A request's text depends on its own settings and seed only. Each row draws with its own torch.Generator
-the Gumbel-max draw torch.multinomial makes in `rnnfarm sample`, but the matrix products of a batched
-step differ from those of a batch of one in the last bits (about 1e-7 of a logit): a draw flips only
-where two candidates tie that closely. bench/serve.py counts the characters where the texts differ.
+Each row draws with its own torch.Generator the Gumbel-max draw torch.multinomial makes in `rnnfarm
+sample`, so a request's text follows from its own settings and seed. What else is in the batch changes
+only the last bits of its logits (the matrix products of a batched step round differently from those of
+a batch of one, by about 1e-7 of a logit), which flips a draw only where two characters tie that
+closely; bench/serve.py counts the characters where served texts differ from the plain loop's.
 
 HTTP: ``POST /generate`` (JSON in; JSON out, or the text itself as it is generated, chunked
 ``text/plain``, with ``stream: true``), ``GET /healthz``, ``GET /model`` (the model card).
@@ -296,10 +297,7 @@ class TextGenerator:
         self.stepper.submit(job)
         if asked.stream:
             return StreamingResponse(self._text(job), media_type="text/plain; charset=utf-8")
-        try:
-            text = "".join([chunk async for chunk in self._text(job)])
-        finally:
-            job.cancelled = True
+        text = "".join([chunk async for chunk in self._text(job)])
         if job.error:
             return refused(job.error, status=500)
         return {"text": text, "chars": len(text), "seconds": round(time.perf_counter() - started, 6)}
