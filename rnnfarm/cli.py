@@ -223,6 +223,34 @@ def generate_text(
             click.echo(prime + "".join(drawn))
 
 
+@cli.command()
+@click.argument("target")
+@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True, help="Copies of the model.")
+@click.option("--cpus-per-replica", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every one).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--max-length", type=click.IntRange(min=1), default=2000, show_default=True, help="Longest text asked.")
+@_guarded
+def serve(target: str, replicas: int, cpus_per_replica: float, host: str, port: int, max_length: int) -> None:
+    """Serve TARGET (a checkpoint folder, or a run: its best checkpoint) over HTTP with Ray Serve on an embedded
+    local Ray: POST /generate, GET /healthz, GET /model. Ctrl-C stops it."""
+    import time
+
+    from .serving import serve as serving
+
+    args = serving.ServeArgs(
+        checkpoint=target, replicas=replicas, cpus_per_replica=cpus_per_replica, max_length=max_length
+    )
+    served = serving.start(args, host=host, port=port)
+    click.echo(f"serving {scrub(target)} at {served.url} ({replicas} replica{'s' if replicas > 1 else ''})")
+    click.echo(f"""try: curl -s {served.url}/generate -d '{{"prime": "ROMEO:", "length": 200, "seed": 1}}'""")
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        serving.stop()
+
+
 @cli.group()
 def viz() -> None:
     """Look inside a checkpoint: its cells firing on a text, its guesses for each next character."""

@@ -262,6 +262,15 @@ class JobSpec(Section):
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
     tune: TuneSpec | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (for Ray: Tune keeps its trials' arguments on storage), credentials are masked, here and in
+        the corpus plugin's options: trials read storage through Stores, whose credentials are sealed."""
+        state = super().__getstate__()
+        fields = dict(state["__dict__"])
+        fields["storage_options"] = redact(fields["storage_options"])
+        fields["corpus"] = fields["corpus"].model_copy(update={"options": redact(fields["corpus"].options)})
+        return {**state, "__dict__": fields}
+
     @model_validator(mode="after")
     def _space_fits_the_spec(self) -> JobSpec:
         if self.tune is None:

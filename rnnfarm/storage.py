@@ -8,7 +8,9 @@ Storage options, highest precedence first: the options given (a spec's ``storage
 fsspec's ``FSSPEC_<PROTOCOL>_<OPTION>`` / ``FSSPEC_<PROTOCOL>`` environment variables, then the
 client library's own chain (for S3: ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``
 and friends, ``AWS_PROFILE`` and ``~/.aws``, an instance role). The endpoint is resolved here, so
-Ray workers elsewhere get the same one; credentials found by the chain stay with the chain.
+Ray workers elsewhere get the same one; credentials found by the chain stay with the chain. Credentials
+among the options are sealed (``rnnfarm.credentials``): a pickled Store, or its pyarrow filesystem, holds
+none, and a Ray worker gets them from the driver's memory.
 
 Failures that a user can fix (an unreachable endpoint, refused credentials, a missing bucket) become
 one-line ``UserError``s with the credentials scrubbed out.
@@ -37,7 +39,7 @@ import fsspec
 import fsspec.config
 import pyarrow.fs
 
-from . import redact
+from . import credentials, redact
 from .errors import UserError
 
 OBJECT_STORES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl")
@@ -99,7 +101,7 @@ def resolve_options(url: str, given: dict[str, Any] | None = None) -> dict[str, 
             options["endpoint_url"] = endpoint
     redact.remember_environment()
     redact.remember_options(options)
-    return options
+    return credentials.sealed(options)
 
 
 def endpoint_of(store: Store) -> str:
@@ -207,6 +209,9 @@ class Store:
         url = normalize_url(url)
         return cls(url, resolve_options(url, options))
 
+    def __reduce__(self) -> tuple:
+        return Store, (self.url, self.options)  # not the filesystem it made: that pickles with the credentials
+
     def __truediv__(self, part: str) -> Store:
         child = Store(posixpath.join(self.url, part), self.options)
         if "_fs_path" in self.__dict__ and "::" not in child.url:
@@ -224,9 +229,8 @@ class Store:
 
     @cached_property
     def _fs_path(self) -> tuple[fsspec.AbstractFileSystem, str]:
-        redact.remember_options(self.options)  # also where a Store arrives pickled (a Ray worker)
         try:
-            return fsspec.core.url_to_fs(self.url, **self.options)
+            return fsspec.core.url_to_fs(self.url, **credentials.opened(self.options))
         except (ImportError, ValueError) as exc:
             raise UserError(f"storage {self.url}: {exc}") from None
 
@@ -403,8 +407,22 @@ class Store:
         """
         if is_local(self.url):
             return pyarrow.fs.LocalFileSystem(), self.url
-        handler = pyarrow.fs.FSSpecHandler(self.fs)
-        return pyarrow.fs.PyFileSystem(handler), self.path
+        return pyarrow.fs.PyFileSystem(_Handler(self)), self.path
+
+
+class _Handler(pyarrow.fs.FSSpecHandler):
+    """pyarrow's handler over a Store's filesystem that pickles as the Store: an fsspec filesystem pickles
+    with its options, credentials included (Ray Tune keeps the experiment's filesystem in its state)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        return self.store.fs
+
+    def __reduce__(self) -> tuple:
+        return _Handler, (self.store,)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

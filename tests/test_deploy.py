@@ -94,3 +94,17 @@ def test_the_image_pins_the_ray_and_torch_the_project_pins_and_copies_what_exist
         line[1:] for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines() if line.startswith("!")
     }
     assert set(copied) <= allowed
+
+
+def test_the_serve_config_passes_rays_serve_schema_and_serves_the_cluster_jobs_run():
+    from ray.serve.schema import ServeDeploySchema
+
+    from rnnfarm.serving import serve as serving
+
+    config = ServeDeploySchema.model_validate(load("serve.yaml"))  # what `serve deploy` checks before sending it
+    (served,) = config.applications
+    assert served.import_path == "rnnfarm.serving.serve:app" and served.name == serving.APP_NAME
+    args = serving.ServeArgs.model_validate(served.args)
+    job = spec.load(DEPLOY / "cluster.yaml")
+    assert args.checkpoint == f"{job.storage}/runs/{job.name}"
+    assert isinstance(serving.app(served.args), ray.serve.Application)  # the builder takes these args

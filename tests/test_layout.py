@@ -16,7 +16,7 @@ from .conftest import make_spec
 
 PACKAGE = Path(__file__).resolve().parent.parent / "rnnfarm"
 # Top to bottom: a module may import its own stage and the stages below it, never one above.
-STAGES = ["cli", "launch", "serving", "insight", "runs", "engine", "corpus", "shared"]
+STAGES = ["cli", "serving", "launch", "insight", "runs", "engine", "corpus", "shared"]
 # Path pieces of the run layout on storage: only rnnfarm/layout.py spells them in code.
 LAYOUT_PIECES = re.compile(
     r"(^|/)(metrics|samples|trials|runs|best)/|(^|/)step-|checkpoint-|checkpoint_manager_snapshot"

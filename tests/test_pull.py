@@ -3,9 +3,14 @@ checksums verified, and sampled from the pulled folder; credentials never land i
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import os
 import secrets
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -94,6 +99,77 @@ def test_credentials_appear_in_no_stored_object_no_output_and_no_ray_log(trained
     assert echoed["storage_options"] == {"key": "***", "secret": "***"}
     printed = trained + capfd.readouterr().err
     assert s3.secret_key not in printed and s3.access_key not in printed and RAY_TOKEN not in printed
+
+
+def encodings(secret: str) -> set[bytes]:
+    """The secret as bytes, hex (either case) and base64 (standard and URL-safe, at each of the three offsets
+    it can have inside a longer encoded value: the characters that depend on its neighbours left out)."""
+    raw = secret.encode()
+    forms = {raw, raw.hex().encode(), raw.hex().upper().encode()}
+    for offset in range(3):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            encoded = encode(bytes(offset) + raw)
+            start = -(-offset * 4 // 3)  # the first character made of the secret's bits alone
+            stop = (offset + len(raw)) // 3 * 4  # the last whole group
+            forms.add(encoded[start + (1 if offset else 0) : stop])
+    return forms
+
+
+def short_dir() -> Path:
+    """A folder with a short path: Ray's sockets live in its temp folder, and a socket's path is short."""
+    return Path(tempfile.mkdtemp(prefix="rf-", dir="/tmp"))
+
+
+SECRET_SOURCES = ["storage_options", "AWS_* variables", "FSSPEC_S3_* variables"]
+
+
+@pytest.mark.parametrize("source", SECRET_SOURCES)
+def test_a_sweeps_credentials_are_in_no_stored_object_no_ray_file_no_output(s3, source, tmp_path):
+    """`rnnfarm run` of a two-trial sweep to S3, with its own embedded Ray whose temp folder is this test's:
+    neither key is in any object on S3 (Tune's tuner.pkl and experiment state included), any file of Ray's
+    session folder, the output or the logs, as bytes, hex or base64."""
+    prefix = f"rnnfarm-test/leak-{source.split()[0].split('_')[0].lower()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "FSSPEC_", "RAY_"))}
+    options = {"endpoint_url": s3.endpoint}
+    if source == "storage_options":
+        options |= {"key": s3.access_key, "secret": s3.secret_key}
+    elif source == "AWS_* variables":
+        env |= {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key}
+    else:
+        env |= {"FSSPEC_S3_KEY": s3.access_key, "FSSPEC_S3_SECRET": s3.secret_key}
+    ray_tmp = short_dir()
+    env |= {"RAY_TMPDIR": str(ray_tmp), "RNNFARM_LOG_FORMAT": "json"}
+    job = make_spec(
+        f"s3://{prefix}",
+        name="leak",
+        storage_options=options,
+        train={"steps": 4, "eval_every": 2},
+        tune={
+            "space": {"model.hidden": {"choice": [8, 16]}},
+            "samples": 2,
+            "scheduler": {"kind": "none"},
+            "concurrency": 1,
+            "resources": {"workers": 1, "driver_cpus": 0},
+        },
+    )
+    spec_file = tmp_path / "leak.yaml"
+    spec_file.write_text(yaml.safe_dump(job.model_dump(mode="json", exclude_none=True)))
+    done = subprocess.run(
+        [sys.executable, "-m", "rnnfarm", "run", str(spec_file)], env=env, capture_output=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr.decode()[-4000:]
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **s3.options())
+    stored = {path: fs.cat_file(path) for path in fs.find(prefix)}
+    assert any(path.endswith("/tune/tuner.pkl") for path in stored)
+    assert any("/tune/experiment_state-" in path for path in stored)
+    ray_files = {str(p): p.read_bytes() for p in ray_tmp.rglob("*") if p.is_file() and not p.is_symlink()}
+    assert any("/session_" in p and "/logs/" in p for p in ray_files)
+    everything = {**stored, **ray_files, "stdout": done.stdout, "stderr": done.stderr}
+    for secret in (s3.secret_key, s3.access_key):
+        for form in encodings(secret):
+            leaked = [where for where, data in everything.items() if form in data]
+            assert not leaked, (form, leaked)
 
 
 def test_runs_list_and_show(trained, s3_env):

@@ -208,3 +208,28 @@ def test_a_named_profile_supplies_the_credentials(s3, monkeypatch, tmp_path):
     s3fs.S3FileSystem.clear_instance_cache()
     assert Store.at(f"{BUCKET}/profile/a.json").read_json() == {"by": "option"}  # the profile named by AWS_PROFILE
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_a_pickled_store_or_spec_holds_no_credential_and_one_whose_driver_is_gone_says_so_in_one_line(s3):
+    import pickle
+    import subprocess
+    import sys
+
+    job = make_spec(f"{BUCKET}/sealed", storage_options={"key": s3.access_key, "secret": s3.secret_key})
+    store = Store.at(job.storage, {**job.storage_options, "endpoint_url": s3.endpoint})
+    store.write_json({"ok": 1})  # opened here: the filesystem it made holds the credentials
+    travelling = pickle.dumps((store, store / "child", store.pyarrow()[0], job))
+    for secret in (s3.access_key, s3.secret_key):
+        assert secret.encode() not in travelling
+    arrived, child, _, spec_there = pickle.loads(travelling)
+    assert arrived.read_json() == {"ok": 1} and child.url == f"{BUCKET}/sealed/child"
+    assert spec_there.storage_options == {"key": "***", "secret": "***"}
+
+    elsewhere = (  # another process, no Ray: the driver holding the credentials cannot be asked
+        "import pickle, sys\nfrom rnnfarm.errors import UserError\n"
+        "try:\n    pickle.loads(sys.stdin.buffer.read()).read_json()\n"
+        "except UserError as exc:\n    print(exc)\n"
+    )
+    said = subprocess.run([sys.executable, "-c", elsewhere], input=pickle.dumps(store), capture_output=True)
+    assert said.stdout.decode().startswith("storage credentials given in storage options are held in the memory")
+    assert said.stdout.decode().count("\n") == 1

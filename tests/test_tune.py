@@ -148,3 +148,24 @@ def test_a_trial_that_cannot_fit_is_refused_before_the_sweep(ray_local, tmp_path
     result = CliRunner().invoke(cli, ["run", spec_file])
     assert result.exit_code == 2
     assert "tune.resources: one trial needs 3 CPUs" in result.output
+
+
+def test_a_range_on_an_integer_setting_draws_integers_and_every_trial_completes(ray_local, tmp_path):
+    ranges = {"model.hidden": {"uniform": [9, 23]}, "model.embedding": {"loguniform": [3, 17]}}
+    job = make_spec(
+        str(tmp_path / "storage"),
+        name="sweep",
+        train={"steps": 4, "eval_every": 2},
+        tune={**SWEEP, "space": ranges, "scheduler": {"kind": "none"}, "concurrency": 1},
+    )
+    path = tmp_path / "ints.yaml"
+    path.write_text(yaml.safe_dump(job.model_dump(mode="json", exclude_none=True)))
+    result = CliRunner().invoke(cli, ["run", str(path)])
+    assert result.exit_code == 0, result.output
+    rows = leaderboard.read(Run(Store.at(str(run_dir(tmp_path)))))
+    assert len(rows) == 2 and all(r["status"] == "completed" for r in rows), rows
+    for r in rows:
+        drawn = json.loads((run_dir(tmp_path) / "trials" / r["trial"] / "config.json").read_text())["settings"]
+        for key, dist in ranges.items():
+            low, high = next(iter(dist.values()))
+            assert type(drawn[key]) is int and low <= drawn[key] <= high, drawn

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from .. import log
+from .. import credentials, log
 from ..errors import Diverged, TrainingFailed
 from ..layout import Trial
 from . import checkpoint
@@ -142,6 +142,7 @@ def fit(job: Job, log_format: str, callbacks: list | None = None) -> ray.train.R
             callbacks=callbacks,
         ),
     )
+    credentials.deposit()  # the job's storage credentials, for its workers (none where this is a worker)
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:

@@ -8,7 +8,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from .. import log
+from .. import credentials, log
 from ..corpus.build import build, plugin
 from ..corpus.vocab import Vocab
 from ..engine.loop import Job, evaluate_split
@@ -142,6 +142,7 @@ def ensure_ray(spec: JobSpec) -> float:
         raise UserError(
             f"cluster.address {address!r} is a cluster to submit to: `rnnfarm run` or rnnfarm.launch.submit does it"
         )
+    credentials.deposit()  # the storage credentials read so far, for this job's workers
     have = ray.cluster_resources().get("CPU", 0)
     need = trial_cpus(spec)
     if need > have:

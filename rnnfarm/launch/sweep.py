@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-import typing
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +19,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from .. import log
+from .. import credentials, log
 from ..engine.loop import Job
 from ..engine.ray_train import fit
 from ..layout import EXPERIMENT, Run
@@ -39,10 +38,10 @@ TUNE_COPIES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN
 
 
 def _is_int(key: str) -> bool:
+    """Whether the setting's schema takes integers (pydantic keeps ``int`` as the field's annotation, its bounds
+    apart), so that a range on it draws integers."""
     section, field = key.split(".", 1)
-    model = typing.get_type_hints(JobSpec)[section]
-    annotation = str(model.model_fields[field].annotation)
-    return annotation.startswith("int") or "Annotated[int" in annotation
+    return JobSpec.model_fields[section].annotation.model_fields[field].annotation is int
 
 
 def _domain(key: str, dist: Distribution):
@@ -186,6 +185,7 @@ def sweep(spec: JobSpec, run: Run, corpus: Store, log_format: str, concurrency: 
     # nothing new: its results are read from storage, so Tune must accept the silent end.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     started = time.perf_counter()
+    credentials.deposit()
     with _unseen_by_tune():
         results = _tuner(spec, run, corpus, log_format, concurrency).fit()
     ends = []

@@ -1,0 +1,364 @@
+"""`rnnfarm serve`: a Ray Serve application that generates text from one checkpoint, requests batched across clients.
+
+Each replica loads the checkpoint once and runs a step loop in a thread of its own. Every request being
+generated is one row of the model's state: one forward pass steps every row, so a replica serves many
+requests at once and its throughput grows with concurrency. A request joins between two steps (its
+prime read alone, as `rnnfarm sample` reads it) and leaves as soon as its text is complete.
+
+Each row draws with its own torch.Generator the Gumbel-max draw torch.multinomial makes in `rnnfarm
+sample`, so a request's text follows from its own settings and seed. What else is in the batch changes
+only the last bits of its logits (the matrix products of a batched step round differently from those of
+a batch of one, by about 1e-7 of a logit), which flips a draw only where two characters tie that
+closely; bench/serve.py counts the characters where served texts differ from the plain loop's.
+
+HTTP: ``POST /generate`` (JSON in; JSON out, or the text itself as it is generated, chunked
+``text/plain``, with ``stream: true``), ``GET /healthz``, ``GET /model`` (the model card).
+"""
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ray import serve
+from torch import Tensor
+
+from ..corpus.vocab import Vocab
+from ..engine import checkpoint
+from ..engine.model import CharRNN, State, native_rnn_kernels
+from ..errors import UserError
+from ..insight.sample import local_checkpoint
+
+APP_NAME = "rnnfarm"
+EXAMPLE = '{"prime": "ROMEO:", "length": 200, "seed": 1}'
+FLUSH_S = 0.05  # a stream is sent what it has this often
+logger = logging.getLogger("rnnfarm.serve")
+
+
+class GenerateRequest(BaseModel):
+    """The body of ``POST /generate``; the fields mean what `rnnfarm sample`'s options of the same name mean."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    prime: str = Field("\n", min_length=1, description="Text to start from (characters of the vocabulary).")
+    length: int = Field(500, ge=1, description="Characters to generate (at most the server's --max-length).")
+    temperature: float = Field(1.0, gt=0, allow_inf_nan=False, description="Below 1: likelier characters.")
+    top_k: int | None = Field(None, ge=1, description="Draw among the k likeliest characters only.")
+    seed: int | None = Field(None, ge=0, lt=2**64, description="The same seed draws the same text.")
+    stream: bool = Field(False, description="Send the text as it is generated (chunked text/plain).")
+
+
+class ServeArgs(BaseModel):
+    """What one application serves, and how: the ``args`` of a Serve config file naming ``app``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str = Field(description="A checkpoint folder, or a run (its best checkpoint), at any storage URL.")
+    replicas: int = Field(1, ge=1, description="Replicas, each with its own copy of the model.")
+    cpus_per_replica: float = Field(1.0, gt=0, description="CPUs Ray reserves for each replica.")
+    max_length: int = Field(2000, ge=1, description="Longest text one request may ask for.")
+    max_batch: int = Field(64, ge=1, description="Requests one replica generates at once (rows of its batch).")
+
+
+# ---- the step loop: plain torch, no Ray -------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Job:
+    """One request being generated: its settings, its generator, and where its text goes."""
+
+    ids: Tensor  # the prime's token ids
+    length: int
+    temperature: float
+    top_k: int | None
+    generator: torch.Generator
+    decode: Callable[[int], str]
+    stream: bool
+    text: list[str] = field(default_factory=list)
+    left: int = 0
+    error: str | None = None
+    sent_at: float | None = None  # when the stream was last sent text
+    cancelled: bool = False  # its client went away
+
+
+Delivery = tuple[Job, str, bool]  # a job, text it has not been sent yet, whether it is complete
+
+
+def draw(last: Tensor, temperature: Tensor, top_k: Tensor | None, generators: list[torch.Generator]) -> Tensor:
+    """The next token of each row of ``last`` (B, V logits), each row drawn with its own generator.
+
+    Row for row the arithmetic of ``rnnfarm.model.generate``: there torch.multinomial(p, 1) draws
+    argmax(p / e), e ~ Exp(1) drawn by the generator over a tensor shaped like p; here each row's e
+    comes from its own generator, and the rest runs on the whole batch.
+    """
+    scaled = last / temperature[:, None]
+    if top_k is not None:  # the k-th largest of each row; a row without top_k has k = V, which masks nothing
+        kth = scaled.sort(dim=-1, descending=True).values.gather(1, top_k[:, None] - 1)
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    probs = torch.softmax(scaled, dim=-1)
+    noise = torch.stack([torch.empty(probs.shape[1]).exponential_(generator=g) for g in generators])
+    return (probs / noise).argmax(dim=-1)
+
+
+def state_rows(state: State, index: Tensor) -> State:
+    return tuple(s.index_select(1, index) for s in state) if isinstance(state, tuple) else state.index_select(1, index)
+
+
+def state_joined(state: State | None, other: State) -> State:
+    if state is None:
+        return other
+    if isinstance(state, tuple):
+        return tuple(torch.cat([s, o], dim=1) for s, o in zip(state, other, strict=True))
+    return torch.cat([state, other], dim=1)
+
+
+class Stepper:
+    """Generates every submitted job, one batched forward pass per character of all of them, in a thread."""
+
+    def __init__(self, model: CharRNN, dispatch: Callable[[list[Delivery]], None], *, max_batch: int) -> None:
+        self.model, self.dispatch, self.max_batch = model.eval(), dispatch, max_batch
+        self.incoming: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._loop, name="rnnfarm-stepper", daemon=True)
+        self.thread.start()
+
+    def submit(self, job: Job) -> None:
+        job.left = job.length
+        self.incoming.put(job)
+
+    def stop(self) -> None:
+        self.incoming.put(None)
+        self.thread.join()
+
+    @torch.no_grad()
+    def _loop(self) -> None:
+        active: list[Job] = []
+        state: State | None = None
+        last: Tensor | None = None  # (rows, V): the logits each row draws its next token from
+        while True:
+            # Admit waiting jobs (waiting for one only when there is nothing to step); each prime is read
+            # alone, batch 1, exactly as rnnfarm.model.generate reads it.
+            while len(active) < self.max_batch:
+                try:
+                    job = self.incoming.get(block=not active)
+                except queue.Empty:
+                    break
+                if job is None:
+                    return
+                with native_rnn_kernels():
+                    logits, row_state = self.model(job.ids.view(1, -1))
+                active.append(job)
+                state = state_joined(state, row_state)
+                row_last = logits[:, -1].float()
+                last = row_last if last is None else torch.cat([last, row_last])
+            try:
+                active, state, last = self._step(active, state, last)
+            except Exception as exc:  # a failed step fails the jobs in it, never the replica
+                logger.exception("generation step failed")
+                for job in active:
+                    job.error = f"generation failed: {exc}"
+                self.dispatch([(job, "", True) for job in active])
+                active, state, last = [], None, None
+
+    def _step(self, active: list[Job], state: State, last: Tensor) -> tuple[list[Job], State | None, Tensor | None]:
+        """Draw one token for every active job, send on what it completes, and step the rows still going."""
+        vocab_size = last.shape[1]
+        temperature = torch.tensor([j.temperature for j in active], dtype=torch.float32)
+        top_k = None
+        if any(j.top_k is not None for j in active):
+            top_k = torch.tensor([min(j.top_k or vocab_size, vocab_size) for j in active])
+        tokens = draw(last, temperature, top_k, [j.generator for j in active])
+        deliveries: list[Delivery] = []
+        going: list[int] = []
+        now = time.monotonic()
+        for row, (job, token) in enumerate(zip(active, tokens.tolist(), strict=True)):
+            text = job.decode(token)
+            job.left -= 1
+            done = job.left == 0 or job.cancelled
+            job.text.append(text)
+            # A stream is sent its first character at once, then what it has every FLUSH_S: each piece
+            # crosses from the replica to Serve's proxy on its own, and one per character would cost more
+            # than the step that drew it.
+            due = done or (job.stream and (job.sent_at is None or now - job.sent_at >= FLUSH_S))
+            if due and ((chunk := "".join(job.text)) or done):
+                deliveries.append((job, chunk, done))
+                job.text, job.sent_at = [], now
+            if not done:
+                going.append(row)
+        if deliveries:
+            self.dispatch(deliveries)
+        if not going:
+            return [], None, None
+        index = torch.tensor(going)
+        state = state_rows(state, index) if len(going) < len(active) else state
+        with native_rnn_kernels():
+            logits, state = self.model(tokens[index].view(-1, 1), state)
+        return [active[i] for i in going], state, logits[:, -1].float()
+
+
+# ---- the Serve deployment ------------------------------------------------------------------------------------
+
+api = FastAPI(title="rnnfarm", docs_url=None, redoc_url=None)
+
+
+def refused(message: str, status: int = 400) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def one_line(exc: ValidationError) -> str:
+    """The first problem of a request body, in one line that names the field."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    if first["type"] == "extra_forbidden":
+        return f"unknown field {where!r}: the fields are {', '.join(GenerateRequest.model_fields)}"
+    return f"{where}: {first['msg']}"
+
+
+def model_card(meta: dict[str, Any], vocab: Vocab, model: CharRNN, max_length: int) -> dict[str, Any]:
+    """What a client needs to know about the model behind the endpoint (no spec, no storage)."""
+    return {
+        "model": meta["model"],
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "vocab": {"level": vocab.level, "size": len(vocab), "symbols": "".join(vocab.symbols)},
+        "step": meta.get("step"),
+        "val_loss": meta.get("val_loss"),
+        "corpus": meta.get("corpus"),
+        "max_length": max_length,
+    }
+
+
+@serve.deployment(name="TextGenerator")
+@serve.ingress(api)
+class TextGenerator:
+    """One replica: the model, loaded once, and its step loop."""
+
+    def __init__(self, args: ServeArgs) -> None:
+        torch.set_grad_enabled(False)
+        with local_checkpoint(args.checkpoint) as folder:
+            model, self.vocab, meta = checkpoint.load_model(folder)
+        self.max_length = args.max_length
+        self.card = model_card(meta, self.vocab, model, args.max_length)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.queues: dict[Job, asyncio.Queue] = {}
+        self.stepper = Stepper(model, self._dispatch, max_batch=args.max_batch)
+
+    def _dispatch(self, deliveries: list[Delivery]) -> None:
+        """From the step loop's thread: hand each job's text to its request, on the event loop."""
+
+        def put() -> None:
+            for job, text, done in deliveries:
+                if (q := self.queues.get(job)) is not None:
+                    q.put_nowait((text, done))
+
+        self.loop.call_soon_threadsafe(put)
+
+    @api.get("/healthz")
+    def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/model")
+    def model(self) -> dict[str, Any]:
+        return self.card
+
+    @api.post("/generate")
+    async def generate(self, request: Request):
+        started = time.perf_counter()
+        try:
+            body = await request.json()
+        except ValueError as exc:
+            return refused(f"the body is not JSON ({exc}): send an object such as {EXAMPLE}")
+        if not isinstance(body, dict):
+            return refused(f"the body must be a JSON object such as {EXAMPLE}")
+        try:
+            asked = GenerateRequest.model_validate(body)
+        except ValidationError as exc:
+            return refused(one_line(exc))
+        if asked.length > self.max_length:
+            return refused(f"length {asked.length} is above this server's maximum, {self.max_length} (--max-length)")
+        try:
+            ids = torch.from_numpy(self.vocab.encode(asked.prime, strict=True).astype("int64"))
+        except UserError as exc:
+            return refused(f"prime: {exc}")
+        generator = torch.Generator()
+        if asked.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(asked.seed)
+        job = Job(ids, asked.length, asked.temperature, asked.top_k, generator, self.vocab.decoder(), asked.stream)
+        self.loop = asyncio.get_running_loop()
+        self.queues[job] = asyncio.Queue()
+        self.stepper.submit(job)
+        if asked.stream:
+            return StreamingResponse(self._text(job), media_type="text/plain; charset=utf-8")
+        text = "".join([chunk async for chunk in self._text(job)])
+        if job.error:
+            return refused(job.error, status=500)
+        return {"text": text, "chars": len(text), "seconds": round(time.perf_counter() - started, 6)}
+
+    async def _text(self, job: Job) -> AsyncIterator[str]:
+        """The job's text as the step loop sends it; a client that goes away frees its row at the next step."""
+        try:
+            while True:
+                text, done = await self.queues[job].get()
+                if text:
+                    yield text
+                if done:
+                    return
+        finally:
+            job.cancelled = True
+            self.queues.pop(job, None)
+
+    def __del__(self) -> None:
+        self.stepper.stop()
+
+
+def app(args: dict[str, Any]) -> serve.Application:
+    """The application a Serve config file names (``import_path: rnnfarm.serving.serve:app``, ``args``: ServeArgs)."""
+    return application(ServeArgs.model_validate(args))
+
+
+def application(args: ServeArgs) -> serve.Application:
+    return TextGenerator.options(
+        num_replicas=args.replicas,
+        ray_actor_options={"num_cpus": args.cpus_per_replica},
+        max_ongoing_requests=args.max_batch,
+    ).bind(args)
+
+
+# ---- running it ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Served:
+    url: str
+    args: ServeArgs
+
+
+def start(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000) -> Served:
+    """Run the application on this process's Ray (an embedded one when none is running) and wait until
+    every replica is ready; returns where it listens. ``stop`` ends it."""
+    import ray
+
+    from ..launch.pipeline import start_local_ray
+
+    with local_checkpoint(args.checkpoint):  # a bad target is this caller's error, not a replica's
+        pass
+    if not ray.is_initialized():
+        start_local_ray()
+    quiet = {"log_level": "WARNING", "enable_access_log": False}  # Ray copies its actors' lines to this terminal
+    serve.start(http_options={"host": host, "port": port}, logging_config=quiet)
+    serve.run(application(args), name=APP_NAME, route_prefix="/", logging_config=quiet)
+    return Served(f"http://{host}:{port}", args)
+
+
+def stop() -> None:
+    """End the application and Serve's proxy and controller, returning their CPUs to Ray."""
+    serve.delete(APP_NAME)
+    serve.shutdown()

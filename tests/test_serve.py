@@ -1,0 +1,169 @@
+"""`rnnfarm serve`: a real Ray Serve application on the suite's local Ray, asked over HTTP with a real client."""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+import torch
+from click.testing import CliRunner
+
+from rnnfarm.cli import cli
+from rnnfarm.corpus.vocab import Vocab
+from rnnfarm.engine.model import CharRNN
+from rnnfarm.insight.sample import characters
+from rnnfarm.launch.pipeline import free_ports
+from rnnfarm.serving import serve as serving
+from rnnfarm.spec import ModelSpec
+
+MAX_LENGTH = 1_000_000  # long enough for a stream that outlasts the test's wait
+
+
+@pytest.fixture(scope="module")
+def server(ray_local, trained_checkpoint):
+    args = serving.ServeArgs(checkpoint=str(trained_checkpoint), cpus_per_replica=0.5, max_length=MAX_LENGTH)
+    served = serving.start(args, port=free_ports(1)[0])
+    yield served.url
+    serving.stop()  # the replica's CPU goes back to the other tests' Ray
+
+
+def generate(url: str, **body) -> dict:
+    reply = requests.post(f"{url}/generate", json=body, timeout=120)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def sampled(checkpoint, *args: str) -> str:
+    result = CliRunner().invoke(cli, ["sample", str(checkpoint), *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_seeded_text_equals_rnnfarm_sample_with_the_same_settings(server, trained_checkpoint):
+    for body, options in [
+        ({"prime": "ROMEO:", "length": 150, "temperature": 0.8, "seed": 7}, "--length 150 -t 0.8 --seed 7"),
+        (
+            {"prime": "\n", "length": 90, "temperature": 1.3, "top_k": 5, "seed": 2},
+            "--length 90 -t 1.3 --top-k 5 --seed 2",
+        ),
+    ]:
+        got = generate(server, **body)
+        cli_text = sampled(trained_checkpoint, "--prime", body["prime"], *options.split())
+        assert body["prime"] + got["text"] + "\n" == cli_text
+        assert got["chars"] == body["length"] and got["seconds"] > 0
+
+
+def test_streaming_delivers_the_first_characters_while_the_rest_is_still_being_generated(server):
+    body = {"prime": "ROMEO:", "length": MAX_LENGTH, "seed": 3, "stream": True}
+    with requests.post(f"{server}/generate", json=body, stream=True, timeout=120) as reply:
+        assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/plain")
+        chunks = reply.iter_content(chunk_size=None, decode_unicode=True)
+        first = ""
+        while len(first) < 40:
+            first += next(chunks)
+        # A million characters take minutes here: the response is still open, its text far from complete.
+        assert not reply.raw.closed and len(first) < MAX_LENGTH
+    whole = generate(server, prime="ROMEO:", length=len(first), seed=3)["text"]
+    assert first == whole  # the stream is the text a plain request gets
+
+
+def test_32_concurrent_requests_all_complete_each_with_its_single_request_text(server):
+    asked = [
+        {"prime": "ROMEO:" if i % 2 else "\n", "length": 60 + i, "temperature": 0.5 + i / 20, "seed": i}
+        | ({"top_k": 3 + i % 7} if i % 3 == 0 else {})
+        for i in range(32)
+    ]
+    alone = [generate(server, **body)["text"] for body in asked]
+    with ThreadPoolExecutor(32) as pool:
+        together = list(pool.map(lambda body: generate(server, **body)["text"], asked))
+    assert together == alone
+    assert all(len(text) == body["length"] for text, body in zip(together, asked, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("{not json", "the body is not JSON"),
+        ({"prime": "ROMEO:", "lenght": 10}, "unknown field 'lenght'"),
+        ({"temperature": 0}, "temperature: Input should be greater than 0"),
+        ({"length": 0}, "length: Input should be greater than or equal to 1"),
+        ({"length": MAX_LENGTH + 1}, f"above this server's maximum, {MAX_LENGTH} (--max-length)"),
+        ({"top_k": 0}, "top_k: Input should be greater than or equal to 1"),
+        ({"seed": -1}, "seed: Input should be greater than or equal to 0"),
+        ({"length": "10"}, "length: Input should be a valid integer"),
+        ({"prime": ""}, "prime: String should have at least 1 character"),
+        ({"prime": "ROMEO€"}, "outside the model's vocabulary"),
+        ([1, 2], "the body must be a JSON object"),
+    ],
+)
+def test_bad_requests_get_a_400_with_one_line_saying_what_is_wrong(server, body, message):
+    data = body if isinstance(body, str) else json.dumps(body)
+    reply = requests.post(f"{server}/generate", data=data, headers={"content-type": "application/json"}, timeout=60)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert message in error and "\n" not in error, error
+
+
+def test_health_and_the_model_card_are_served(server, trained_checkpoint):
+    assert requests.get(f"{server}/healthz", timeout=60).json() == {"status": "ok"}
+    card = requests.get(f"{server}/model", timeout=60).json()
+    meta = json.loads((trained_checkpoint / "meta.json").read_text())
+    assert card["model"] == meta["model"] and card["step"] == meta["step"] == 40
+    assert card["vocab"]["size"] == len(meta["vocab"]["symbols"]) and card["max_length"] == MAX_LENGTH
+    assert "spec" not in card
+
+
+def test_a_batched_step_draws_for_each_row_what_torch_multinomial_draws_alone():
+    torch.manual_seed(0)
+    last = torch.randn(6, 65) * 3
+    temperature = torch.tensor([0.5, 0.8, 1.0, 1.0, 1.3, 2.0])
+    top_k = torch.tensor([65, 1, 5, 65, 64, 20])
+    for seed in range(20):
+        gens = [torch.Generator().manual_seed(seed * 10 + row) for row in range(6)]
+        drawn = serving.draw(last, temperature, top_k, gens).tolist()
+        for row in range(6):
+            scaled = last[row] / float(temperature[row])
+            kth = torch.topk(scaled, int(top_k[row])).values[-1]
+            probs = torch.softmax(scaled.masked_fill(scaled < kth, float("-inf")), dim=-1)
+            alone = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed * 10 + row))
+            assert drawn[row] == int(alone)
+
+
+def test_the_step_loop_gives_each_gru_job_the_text_sample_draws_alone_whatever_runs_beside_it():
+    vocab = Vocab(("\n", *(chr(c) for c in range(32, 96))))
+    torch.manual_seed(1)
+    model = CharRNN(len(vocab), ModelSpec(cell="gru", layers=2, hidden=24, embedding=8)).eval()
+    done: dict[serving.Job, str] = {}
+    finished = threading.Semaphore(0)
+
+    def dispatch(deliveries):
+        for job, text, complete in deliveries:
+            if complete:
+                done[job] = text
+                finished.release()
+
+    def job(seed: int) -> serving.Job:
+        ids = torch.from_numpy(vocab.encode("AB").astype("int64"))
+        return serving.Job(ids, 30 + seed, 1.0, None, torch.Generator().manual_seed(seed), vocab.decoder(), False)
+
+    stepper = serving.Stepper(model, dispatch, max_batch=3)
+    jobs = [job(seed) for seed in range(8)]  # more than max_batch: the rest wait their turn
+    try:
+        for j in jobs:
+            stepper.submit(j)
+        for _ in jobs:
+            assert finished.acquire(timeout=60)
+    finally:
+        stepper.stop()
+    for seed, j in enumerate(jobs):
+        alone = characters(model, vocab, "AB", 30 + seed, generator=torch.Generator().manual_seed(seed))
+        assert done[j] == "".join(alone)
+
+
+def test_the_serve_command_refuses_a_target_that_is_no_checkpoint_in_one_line(tmp_path):
+    result = CliRunner().invoke(cli, ["serve", str(tmp_path / "nothing"), "--port", "8123"])
+    assert result.exit_code == 2 and "neither a checkpoint nor a run" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
