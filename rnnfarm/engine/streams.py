@@ -105,12 +105,19 @@ def streams_for(
     seq_len: int,
     rank: int,
     world: int,
+    evaluation: bool = False,
 ) -> Streams:
-    """This rank's training streams of a split: windows of ``seq_len``, epoch after epoch."""
-    layout = Layout(manifest["splits"][split]["tokens"], batch=batch, seq_len=seq_len, rank=rank, world=world)
+    """This rank's streams of a split, read in windows of ``seq_len``.
+
+    Training streams are read epoch after epoch. Evaluation streams (``evaluation``) are read once, whole: they
+    are cut for one target per stream, so that a split shorter than a window per stream is still evaluated,
+    its last window shorter.
+    """
+    cut = 1 if evaluation else seq_len
+    layout = Layout(manifest["splits"][split]["tokens"], batch=batch, seq_len=cut, rank=rank, world=world)
     layout.check(split, "batch_size")
     start, stop = layout.span
-    return Streams(load_tokens(folder, manifest, split, start, stop, vocab), layout)
+    return Streams(load_tokens(folder, manifest, split, start, stop, vocab), layout, window=seq_len)
 
 
 def eval_batch(manifest: dict[str, Any], split: str, *, batch_size: int, seq_len: int, world: int) -> int:
@@ -118,20 +125,6 @@ def eval_batch(manifest: dict[str, Any], split: str, *, batch_size: int, seq_len
     return max(1, min(batch_size, (manifest["splits"][split]["tokens"] - 1) // (world * seq_len)))
 
 
-def eval_streams(
-    folder: Store,
-    manifest: dict[str, Any],
-    split: str,
-    vocab: Vocab,
-    *,
-    batch: int,
-    seq_len: int,
-    rank: int,
-    world: int,
-) -> Streams:
-    """This rank's streams for evaluating a whole split, read once in windows of ``seq_len``: cut for one target
-    per stream, so that a split shorter than a window per stream is still evaluated (its last window shorter)."""
-    layout = Layout(manifest["splits"][split]["tokens"], batch=batch, seq_len=1, rank=rank, world=world)
-    layout.check(split, "batch_size")
-    start, stop = layout.span
-    return Streams(load_tokens(folder, manifest, split, start, stop, vocab), layout, window=seq_len)
+def eval_streams(folder: Store, manifest: dict[str, Any], split: str, vocab: Vocab, **cut: int) -> Streams:
+    """This rank's streams for evaluating a whole split (``streams_for``'s evaluation streams)."""
+    return streams_for(folder, manifest, split, vocab, **cut, evaluation=True)
