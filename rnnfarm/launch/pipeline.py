@@ -223,7 +223,7 @@ def finish(the_run: Run, ends: list[TrialEnd], spec: JobSpec, corpus: Store, spl
     rows = leaderboard.ranked([leaderboard.row(states[end.trial], end, kept[end.trial]) for end in ends])
     leaderboard.write(the_run, rows)
     candidates = [(meta["val_loss"], trial, name) for trial, k in kept.items() if k for name, meta in [k]]
-    if spec.tune is None:  # a sweep's trials are logged as they end (tune.TrialEnds)
+    if spec.tune is None:  # a sweep's trials are logged as they end (sweep.TrialEnds)
         (r,) = rows
         fields = {k: r[k] for k in ("trial", "status", "steps", "best_val_loss", "error")}
         log.get("rnnfarm.run").info("trial ended", run=the_run.name, **fields)

@@ -33,7 +33,7 @@ from ..storage import Store
 DRIVER_MEMORY = 64 << 20
 # Ray Tune copies these variables of the driver's environment into each trial's runtime env, which Ray's
 # runtime-env agent writes to its log on every node. Trials have credentials from their own environment
-# (inherited from an embedded Ray, or set by rnnfarm's worker set-up hook on a cluster: jobs.join_cluster).
+# (inherited from an embedded Ray, or set by rnnfarm's worker set-up hook on a cluster: pipeline.join_cluster).
 TUNE_COPIES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
 
 
