@@ -373,7 +373,8 @@ def export(target: str, fmt: str, out: str, trial: str | None) -> None:
         f"val loss {_loss(card['val_loss'])}) to {done.folder}; logits within {done.difference:.1e} of PyTorch's"
     )
     if fmt == "web":
-        click.echo(f"open {done.folder / web.PAGE} (see README: Exporting) or serve the folder from any static host")
+        click.echo(f"page: {done.folder / web.PAGE}; serve the folder from any static host, for example")
+        click.echo(f"  python3 -m http.server --bind 127.0.0.1 --directory {done.folder} 8000")
 
 
 @cli.group()
