@@ -202,7 +202,7 @@ def write(model: CharRNN, vocab: Vocab, meta: dict[str, Any], out: Path) -> Expo
 
 def require_onnx() -> None:
     try:
-        import onnx  # noqa: F401  (torch.onnx.export writes through it)
+        import onnx  # noqa: F401  (torch.onnx relies on it)
         import onnxruntime  # noqa: F401
     except ImportError:
         raise UserError("export needs onnx and onnxruntime: pip install 'rnnfarm[export]'") from None
