@@ -380,6 +380,35 @@ def pull(run_url: str, dest: str | None, want_best: bool, want_samples: bool, tr
         click.echo(f"sample with: rnnfarm sample {pulled.dest} --prime 'ROMEO:'")
 
 
+@cli.command()
+@click.argument("target")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["onnx", "web"]),
+    default="onnx",
+    show_default=True,
+    help="onnx: the graph, vocab.json and model.json; web: those and a page that writes text in a browser.",
+)
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Local folder to write into.")
+@click.option("--trial", help="A trial of the run TARGET: export its best kept checkpoint instead of the run's best.")
+@_guarded
+def export(target: str, fmt: str, out: str, trial: str | None) -> None:
+    """Export the model TARGET names (a checkpoint folder, a run or a pulled run; local or remote)."""
+    from .serving import export as onnx
+    from .serving import web
+
+    done = (web.export if fmt == "web" else onnx.export)(target, out, trial=trial)
+    card = done.card
+    click.echo(
+        f"exported {card['cell']} {card['layers']}x{card['hidden']} ({card['parameters']:,} parameters, "
+        f"val loss {_loss(card['val_loss'])}) to {done.folder}; logits within {done.difference:.1e} of PyTorch's"
+    )
+    if fmt == "web":
+        click.echo(f"page: {done.folder / web.PAGE}; serve the folder from any static host, for example")
+        click.echo(f"  python3 -m http.server --bind 127.0.0.1 --directory {done.folder} 8000")
+
+
 @cli.group()
 def runs() -> None:
     """Browse the runs on a storage."""

@@ -24,6 +24,7 @@ from .corpus import shards
 from .data import Streams, streams_for
 from .errors import Diverged
 from .model import CharRNN, State, detach, generate, state_from_tensors, state_tensors
+from .runs import now
 from .spec import JobSpec, TrainSpec
 from .storage import Store
 from .vocab import Vocab
@@ -405,6 +406,7 @@ def train(job: Job, session: Session) -> dict[str, Any]:
                 (job.trial / "metrics" / f"step-{step:06d}.json").write_json(metrics)
                 meta = {
                     "step": step,
+                    "saved": now(),  # UTC, as in run.json: the date the model card shows as trained
                     "val_loss": val_loss,
                     "metrics": metrics,
                     "corpus": {"name": manifest["corpus"], "fingerprint": manifest["fingerprint"]},

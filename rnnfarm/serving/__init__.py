@@ -1,5 +1,5 @@
-"""Using a trained model: export and serving.
+"""Using a trained model: exporting it (ONNX, a web page that writes text in the browser) and serving it (Ray Serve).
 
-This package may import the engine modules (model, checkpoint, vocab, sample) and storage; nothing
-outside it imports it, so training never pulls in a web framework.
+This package may import the engine modules (model, checkpoint, sample, pull, vocab) and storage; nothing
+outside it imports it, so training never depends on export or serving code.
 """
