@@ -230,20 +230,40 @@ def generate_text(
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every one).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--max-length", type=click.IntRange(min=1), default=2000, show_default=True, help="Longest text asked.")
+@click.option(
+    "--address",
+    help="Ray to serve on: local (default; an embedded Ray), auto (this machine's cluster), or a cluster's dashboard "
+    "URL (http://HEAD:8265), where the application stays until `serve shutdown`. RAY_ADDRESS sets it too.",
+)
 @_guarded
-def serve(target: str, replicas: int, cpus_per_replica: float, host: str, port: int, max_length: int) -> None:
-    """Serve TARGET (a checkpoint folder, or a run: its best checkpoint) over HTTP with Ray Serve on an embedded
-    local Ray: POST /generate, GET /healthz, GET /model. Ctrl-C stops it."""
+def serve(
+    target: str, replicas: int, cpus_per_replica: float, host: str, port: int, max_length: int, address: str | None
+) -> None:
+    """Serve TARGET (a checkpoint folder, or a run: its best checkpoint) over HTTP with Ray Serve:
+    POST /generate, GET /healthz, GET /model. On a local Ray, Ctrl-C stops it."""
     import time
 
+    from .launch.submit import is_remote, resolve_address
     from .serving import serve as serving
 
     args = serving.ServeArgs(
         checkpoint=target, replicas=replicas, cpus_per_replica=cpus_per_replica, max_length=max_length
     )
-    served = serving.start(args, host=host, port=port)
-    click.echo(f"serving {scrub(target)} at {served.url} ({replicas} replica{'s' if replicas > 1 else ''})")
-    click.echo(f"""try: curl -s {served.url}/generate -d '{{"prime": "ROMEO:", "length": 200, "seed": 1}}'""")
+    where = resolve_address("local", address)
+    copies = f"{replicas} replica{'s' if replicas > 1 else ''}"
+
+    def example(url: str) -> str:
+        return f"try: curl -s {url}/generate -d '{serving.EXAMPLE}'"
+
+    if is_remote(where):
+        served = serving.deploy(args, where, host=host, port=port)
+        click.echo(f"serving {scrub(target)} on the Ray cluster at {where}: {served.url} ({copies})")
+        click.echo(example(served.url))
+        click.echo(f"stop it with: serve shutdown --address {where} --yes")
+        return
+    served = serving.start(args, host=host, port=port, address=where)
+    click.echo(f"serving {scrub(target)} at {served.url} ({copies})")
+    click.echo(example(served.url))
     try:
         while True:
             time.sleep(3600)
@@ -379,6 +399,35 @@ def pull(run_url: str, dest: str | None, want_best: bool, want_samples: bool, tr
     )
     if (pulled.dest / "best").exists():
         click.echo(f"sample with: rnnfarm sample {pulled.dest} --prime 'ROMEO:'")
+
+
+@cli.command()
+@click.argument("target")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["onnx", "web"]),
+    default="onnx",
+    show_default=True,
+    help="onnx: the graph, vocab.json and model.json; web: those and a page that writes text in a browser.",
+)
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Local folder to write into.")
+@click.option("--trial", help="A trial of the run TARGET: export its best kept checkpoint instead of the run's best.")
+@_guarded
+def export(target: str, fmt: str, out: str, trial: str | None) -> None:
+    """Export the model TARGET names (a checkpoint folder, a run or a pulled run; local or remote)."""
+    from .serving import export as onnx
+    from .serving import web
+
+    done = (web.export if fmt == "web" else onnx.export)(target, out, trial=trial)
+    card = done.card
+    click.echo(
+        f"exported {card['cell']} {card['layers']}x{card['hidden']} ({card['parameters']:,} parameters, "
+        f"val loss {_loss(card['val_loss'])}) to {done.folder}; logits within {done.difference:.1e} of PyTorch's"
+    )
+    if fmt == "web":
+        click.echo(f"page: {done.folder / web.PAGE}; serve the folder from any static host, for example")
+        click.echo(f"  python3 -m http.server --bind 127.0.0.1 --directory {done.folder} 8000")
 
 
 @cli.group()

@@ -286,3 +286,39 @@ def test_the_cluster_section_keeps_credentials_out_of_the_spec():
     assert "also in forward_env" in refused({"forward_env": ["X"], "runtime_env": {"env_vars": {"X": "1"}}})
     assert "'A-B' is not an environment variable's name" in refused({"forward_env": ["A-B"]})
     assert "working_dir carries its spec" in refused({"runtime_env": {"working_dir": "."}})
+
+
+def test_serve_with_a_cluster_address_deploys_the_model_there_and_it_answers_as_rnnfarm_sample(
+    logged_in, trained_checkpoint
+):
+    import requests
+
+    port = free_ports(1)[0]
+    served = subprocess.run(
+        [*RNNFARM, "serve", str(trained_checkpoint), "--address", logged_in.dashboard, "--port", str(port)]
+        + ["--cpus-per-replica", "0.5"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=600,
+    )
+    assert served.returncode == 0, served.stderr
+    url = f"http://127.0.0.1:{port}"
+    assert f"on the Ray cluster at {logged_in.dashboard}: {url} (1 replica)" in served.stdout
+    try:
+        reply = requests.post(f"{url}/generate", json={"prime": "ROMEO:", "length": 80, "seed": 4}, timeout=120)
+        assert reply.status_code == 200, reply.text
+        alone = CliRunner().invoke(cli, ["sample", str(trained_checkpoint), "-p", "ROMEO:", "-l", "80", "--seed", "4"])
+        assert "ROMEO:" + reply.json()["text"] + "\n" == alone.output
+        assert requests.get(f"{url}/model", timeout=30).json()["vocab"]["size"] > 0
+    finally:
+        from rnnfarm.serving import serve as serving
+
+        serving.undeploy(logged_in.dashboard)  # the replica's CPU goes back to the cluster's other tests
+
+
+def test_serve_where_no_cluster_listens_fails_fast_in_one_line(trained_checkpoint):
+    address = f"http://127.0.0.1:{free_ports(1)[0]}"
+    result = CliRunner().invoke(cli, ["serve", str(trained_checkpoint), "--address", address])
+    assert result.exit_code == 2 and f"cannot reach a Ray cluster at {address}" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output

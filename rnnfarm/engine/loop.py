@@ -26,7 +26,7 @@ from ..errors import Diverged
 from ..layout import CHECKPOINTS, Trial, checkpoint_name
 from ..spec import JobSpec, TrainSpec
 from ..storage import Store
-from ..units import bits
+from ..units import bits, now
 from . import checkpoint
 from .model import CharRNN, State, detach, generate, state_from_tensors, state_tensors
 from .streams import Streams, eval_batch, eval_streams, streams_for
@@ -437,6 +437,7 @@ def store(w: Worker, metrics: dict[str, Any], *, best: float, state: State | Non
             job.trial.metrics(step).write_json(metrics)
             meta = {
                 "step": step,
+                "saved": now(),  # the date the model card shows as trained
                 "val_loss": val_loss,
                 "metrics": metrics,
                 "corpus": {"name": w.manifest["corpus"], "fingerprint": w.manifest["fingerprint"]},

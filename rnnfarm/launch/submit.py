@@ -189,6 +189,30 @@ class Cluster:
         with exact_address(), self._translated():
             return JobSubmissionClient(self.address, headers=dict(self.headers))
 
+    @cached_property
+    def serve_client(self):
+        """The cluster's Serve REST API (what `serve deploy` talks to), at the same dashboard."""
+        from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+        with exact_address(), self._translated():
+            return ServeSubmissionClient(self.address, headers=dict(self.headers))
+
+    def deploy_serve(self, config: dict[str, Any]) -> None:
+        """Send a Serve config to the cluster, replacing the applications it serves."""
+        with self._translated():
+            self.serve_client.deploy_applications(config)
+
+    def serve_status(self, app: str) -> tuple[str, str]:
+        """An application's status on the cluster (``NOT_STARTED`` while it is unknown) and its message."""
+        with self._translated():
+            found = self.serve_client.get_serve_details().get("applications", {}).get(app)
+        return (found["status"], found.get("message") or "") if found else ("NOT_STARTED", "")
+
+    def delete_serve(self) -> None:
+        """Remove every Serve application from the cluster."""
+        with self._translated():
+            self.serve_client.delete_applications()
+
     def info(self, job_id: str):
         with self._translated(job_id):
             return self.client.get_job_info(job_id)

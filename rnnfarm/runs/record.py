@@ -12,7 +12,6 @@ written last on promotion, and records the sha256 of the other files in ``best/`
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 from .. import redact
@@ -21,10 +20,7 @@ from ..errors import UserError
 from ..layout import ARCHIVE_JSONL, ARCHIVE_TEXT, BEST_SAMPLES, CONFIG, RECORD, Run, in_best, in_trial
 from ..spec import JobSpec, dump
 from ..storage import Store, sha256_bytes
-
-
-def now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+from ..units import now
 
 
 def comparable(spec: JobSpec) -> dict[str, Any]:

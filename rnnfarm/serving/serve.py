@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 from fastapi import FastAPI, Request
@@ -31,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from torch import Tensor
 
+from .. import redact
 from ..corpus.vocab import Vocab
 from ..engine import checkpoint
 from ..engine.model import CharRNN, State, native_rnn_kernels
@@ -341,9 +343,10 @@ class Served:
     args: ServeArgs
 
 
-def start(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000) -> Served:
-    """Run the application on this process's Ray (an embedded one when none is running) and wait until
-    every replica is ready; returns where it listens. ``stop`` ends it."""
+def start(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000, address: str = "local") -> Served:
+    """Run the application on this process's Ray and wait until every replica is ready; returns where it
+    listens. ``address``: ``local`` (an embedded Ray when none is running) or ``auto`` (the Ray cluster this
+    machine belongs to). ``stop`` ends it."""
     import ray
 
     from ..launch.pipeline import start_local_ray
@@ -351,7 +354,10 @@ def start(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000) -> Serv
     with local_checkpoint(args.checkpoint):  # a bad target is this caller's error, not a replica's
         pass
     if not ray.is_initialized():
-        start_local_ray()
+        if address == "auto":
+            ray.init(address="auto", logging_level="WARNING")
+        else:
+            start_local_ray()
     quiet = {"log_level": "WARNING", "enable_access_log": False}  # Ray copies its actors' lines to this terminal
     serve.start(http_options={"host": host, "port": port}, logging_config=quiet)
     serve.run(application(args), name=APP_NAME, route_prefix="/", logging_config=quiet)
@@ -362,3 +368,49 @@ def stop() -> None:
     """End the application and Serve's proxy and controller, returning their CPUs to Ray."""
     serve.delete(APP_NAME)
     serve.shutdown()
+
+
+# ---- on a remote cluster -----------------------------------------------------------------------------------
+
+
+def config(args: ServeArgs, *, host: str, port: int) -> dict[str, Any]:
+    """The Serve config (what Ray's `serve deploy` sends) that serves ``args`` from the head node's proxy."""
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": host, "port": port},
+        "applications": [
+            {"name": APP_NAME, "route_prefix": "/", "import_path": f"{__name__}:app", "args": args.model_dump()}
+        ],
+    }
+
+
+def deploy(args: ServeArgs, address: str, *, host: str, port: int, timeout_s: float = 300) -> Served:
+    """Serve ``args`` on the Ray cluster whose dashboard is at ``address`` and wait until it runs there.
+
+    The replicas read the checkpoint on the cluster's nodes, with the nodes' own credentials: the target is
+    a run or checkpoint on storage they reach (object storage, or a shared folder). The application stays
+    when this process ends; ``undeploy`` (or Ray's `serve shutdown`) removes it.
+    """
+    from ..launch.submit import Cluster
+
+    cluster = Cluster.at(address)
+    cluster.deploy_serve(config(args, host=host, port=port))
+    deadline = time.monotonic() + timeout_s
+    status, message = "NOT_STARTED", ""
+    while time.monotonic() < deadline:
+        status, message = cluster.serve_status(APP_NAME)
+        if status == "RUNNING":
+            where = urlsplit(address).hostname if host in ("0.0.0.0", "::") else host
+            return Served(f"http://{where}:{port}", args)
+        if status in ("DEPLOY_FAILED", "UNHEALTHY"):
+            break
+        time.sleep(1.0)
+    reason = message.strip().splitlines()[-1] if message.strip() else f"still {status} after {timeout_s:g} s"
+    raise UserError(f"the Ray cluster at {address} could not serve {args.checkpoint}: {redact.scrub(reason)}")
+
+
+def undeploy(address: str) -> None:
+    """Remove rnnfarm's application (and every other Serve application) from the cluster at ``address``."""
+    from ..launch.submit import Cluster
+
+    Cluster.at(address).delete_serve()
