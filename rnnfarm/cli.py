@@ -46,9 +46,16 @@ def cli() -> None:
 )
 @click.option("--no-wait", is_flag=True, help="On a cluster: submit, print the job id, and return at once.")
 @click.option("--env-file", hidden=True, type=click.Path(dir_okay=False, exists=True))  # a submitted job's variables
+@click.option("--verbose", "-v", is_flag=True, help="On a terminal, show info events too (as short lines).")
 @_guarded
-def run(spec_file: str, name: str | None, address: str | None, no_wait: bool, env_file: str | None) -> None:
+def run(
+    spec_file: str, name: str | None, address: str | None, no_wait: bool, env_file: str | None, verbose: bool
+) -> None:
     """Build the corpus, train, and keep the best checkpoint and samples, as SPEC_FILE describes.
+
+    On a terminal a live display shows the progress, and only warnings and errors are printed above it;
+    every event goes to the run's log file (log.jsonl in the run folder, its location printed first).
+    Elsewhere (a pipe, CI) the events are JSON lines on stderr.
 
     With a cluster address the job is submitted to that Ray cluster and its logs follow here; Ctrl-C
     detaches (the job goes on), and the exit code is the job's: 0 when it succeeded.
@@ -70,12 +77,18 @@ def run(spec_file: str, name: str | None, address: str | None, no_wait: bool, en
         raise UserError("--no-wait applies to a job submitted to a cluster: give a cluster address (--address)")
     the_run = Run(Store.at(job_spec.storage, job_spec.storage_options) / "runs" / (name or job_spec.name))
     try:
-        with progress.follow(the_run, job_spec):
+        with progress.follow(the_run, job_spec, verbose=verbose) as followed:
             outcome = pipeline.run(job_spec, name)
     except TrainingFailed as exc:
         click.echo(f"error: {scrub(str(exc))}", err=True)
         sys.exit(1)
-    print_outcome(outcome)
+    if followed is not None and followed.terminal is not None:
+        from .launch import display
+
+        display.summary(outcome, job_spec, followed.terminal.console)
+        print_sample(outcome, job_spec)
+    else:
+        print_outcome(outcome, job_spec)
 
 
 def submit_and_follow(job_spec, name: str | None, no_wait: bool) -> int:
@@ -114,7 +127,9 @@ def report_end(info, run_url: str | None = None) -> int:
     return code
 
 
-def print_outcome(outcome) -> None:
+def print_outcome(outcome, job_spec) -> None:
+    """The end of a run as plain lines (off a terminal)."""
+    from .launch.display import landed
     from .runs.leaderboard import format_table
 
     best, run = outcome.best, outcome.run
@@ -127,17 +142,20 @@ def print_outcome(outcome) -> None:
     )
     if "test_loss" in best:
         click.echo(f"test loss {best['test_loss']:.4f} nats/char ({best['test_bpc']:.4f} bits/char) at that checkpoint")
-    click.echo(f"best checkpoint: {best['url']}")
-    click.echo(f"leaderboard:     {run.store.url}/leaderboard.csv")
-    click.echo(f"samples:         {run.trial(best['trial']).url}/samples.txt")
-    click.echo(f"sample with:     rnnfarm sample {run.store.url} --temperature 0.8 --prime 'ROMEO:'")
-    if (run.store / "report.html").exists():
-        click.echo(f"report:          {run.store.url}/report.html")
-    shown = run.best / "samples.json"
+    for what, where in landed(outcome, job_spec):
+        click.echo(f"{what + ':':<17}{where}")
+    print_sample(outcome, job_spec)
+
+
+def print_sample(outcome, job_spec) -> None:
+    """The best checkpoint's sample at the temperature the hint names."""
+    from .launch.display import shown_temperature
+
+    shown = outcome.run.best / "samples.json"
     if shown.exists():
         drawn = shown.read_json()["samples"]
-        pick = min(drawn, key=lambda s: abs(s["temperature"] - 0.8))
-        click.echo(f"\n--- sample at step {best['step']}, temperature {pick['temperature']} ---")
+        pick = min(drawn, key=lambda s: abs(s["temperature"] - shown_temperature(job_spec)))
+        click.echo(f"\n--- sample at step {outcome.best['step']}, temperature {pick['temperature']} ---")
         click.echo(pick["prime"] + pick["text"])
 
 
