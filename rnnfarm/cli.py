@@ -195,6 +195,11 @@ def samples(run_url: str, trial: str | None, step: int | None, temperature: floa
 @click.option("--trial", help="A trial of the run TARGET: sample its best kept checkpoint instead of the run's best.")
 @click.option("--temperature", "-t", type=float, default=1.0, show_default=True)
 @click.option("--prime", "-p", default="\n", help="Text to start from (its characters must be in the vocabulary).")
+@click.option(
+    "--prime-file",
+    type=click.Path(dir_okay=False),
+    help="Start from the text of this UTF-8 file (a path or a storage URL) instead of --prime.",
+)
 @click.option("--length", "-l", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("-n", "count", type=click.IntRange(min=1), default=1, show_default=True, help="How many samples.")
 @click.option("--seed", type=int, default=None, help="Seed for reproducible samples.")
@@ -207,6 +212,7 @@ def sample(
     trial: str | None,
     temperature: float,
     prime: str,
+    prime_file: str | None,
     length: int,
     count: int,
     seed: int | None,
@@ -218,8 +224,12 @@ def sample(
     trial; local or remote."""
     import torch
 
-    from .insight.sample import characters, check, load
+    from .insight.sample import characters, check, load, read_prime
 
+    if prime_file is not None:
+        if prime != "\n":
+            raise UserError("give --prime or --prime-file, not both")
+        prime = read_prime(prime_file)
     check(prime, temperature)
     model, vocab, _ = load(target, trial=trial)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -268,7 +278,7 @@ def _write_page(out: str, html: str) -> None:
 @click.option("--cell", type=int, help="The cell of --layer to show (cells count from 0).")
 @click.option("--top", type=click.IntRange(min=1), help="Show the N cells that track a text feature best.")
 @click.option("--signal", type=click.Choice(["cell", "output"]), default="cell", show_default=True)
-@click.option("--out", "-o", default="neurons.html", show_default=True, help="The HTML file to write.")
+@click.option("--out", "-o", default="neurons.html", show_default=True, help="The file to write (one HTML page).")
 @_guarded
 def viz_neurons(
     target: str,
@@ -297,7 +307,7 @@ def viz_neurons(
 @viz.command("predictions")
 @click.argument("target")
 @_viz_options
-@click.option("--out", "-o", default="predictions.html", show_default=True, help="The HTML file to write.")
+@click.option("--out", "-o", default="predictions.html", show_default=True, help="The file to write (one HTML page).")
 @_guarded
 def viz_predictions(target: str, text_file: str, max_chars: int, trial: str | None, out: str) -> None:
     """An HTML page showing, for each character of a text, the probability the checkpoint TARGET gave it
@@ -314,7 +324,12 @@ def viz_predictions(target: str, text_file: str, max_chars: int, trial: str | No
 
 @cli.command()
 @click.argument("run_url")
-@click.option("--out", type=click.Path(file_okay=False), help="Write the pages into this local folder instead.")
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False),
+    help="The folder to write into (several pages: report.html and report/); default: the run folder.",
+)
 @click.option("--text", "text_file", help="Text for the neuron and prediction pages (default: the corpus's val split).")
 @_guarded
 def report(run_url: str, out: str | None, text_file: str | None) -> None:
@@ -346,25 +361,37 @@ def _loss(value: float | None) -> str:
 
 @cli.command()
 @click.argument("run_url")
-@click.option("--dest", type=click.Path(file_okay=False), help="Local folder (default: ./<run name>).")
+@click.option(
+    "--out", "-o", type=click.Path(file_okay=False), help="The local folder to write into (default: ./<run name>)."
+)
+@click.option("--dest", hidden=True, type=click.Path(file_okay=False))  # the earlier spelling of --out
 @click.option("--best", "want_best", is_flag=True, help="The best checkpoint (default: it and the samples).")
 @click.option("--samples", "want_samples", is_flag=True, help="The sample archives (default: them and the best).")
 @click.option("--trial", help="Only this trial's sample archives.")
 @_guarded
-def pull(run_url: str, dest: str | None, want_best: bool, want_samples: bool, trial: str | None) -> None:
+def pull(
+    run_url: str, out: str | None, dest: str | None, want_best: bool, want_samples: bool, trial: str | None
+) -> None:
     """Download a run's best checkpoint and sample archives from RUN_URL, checksums verified."""
     from .runs.pull import pull as fetch
 
     both = not want_best and not want_samples
-    pulled = fetch(run_url, dest, best=want_best or both, samples=want_samples or both, trial=trial)
+    pulled = fetch(run_url, out or dest, best=want_best or both, samples=want_samples or both, trial=trial)
     for item in pulled.files:
         click.echo(f"  {item.name:<44} {_size(item.size):>9}  {item.check}")
     click.echo(
         f"pulled {len(pulled.files)} files ({_size(pulled.bytes)}) of run {pulled.run.name} "
         f"from {scrub(pulled.run.store.url)} to {pulled.dest}"
     )
-    if (pulled.dest / "best").exists():
-        click.echo(f"sample with: rnnfarm sample {pulled.dest} --prime 'ROMEO:'")
+    meta = pulled.dest / "best" / "meta.json"
+    if meta.exists():
+        import json
+
+        from .launch.display import sample_hint
+
+        drawn = json.loads(meta.read_text())["spec"]["samples"]
+        temperature = min(drawn["temperatures"], key=lambda t: abs(t - 0.8))
+        click.echo(f"sample with: {sample_hint(str(pulled.dest), drawn['prime'], temperature)}")
 
 
 @cli.group()

@@ -75,6 +75,22 @@ def load(target: str, options: dict | None = None, trial: str | None = None) -> 
         return checkpoint.load_model(folder)
 
 
+def read_prime(source: str) -> str:
+    """The text of a prime file (a path or any storage URL), as it is: a long or multi-line prime needs no quoting."""
+    store = Store.at(source)
+    if not store.exists():
+        raise UserError(f"--prime-file {source}: no such file: give a UTF-8 text file")
+    try:
+        text = store.read_text()
+    except UnicodeDecodeError:
+        raise UserError(f"--prime-file {source}: not UTF-8 text") from None
+    except IsADirectoryError:
+        raise UserError(f"--prime-file {source}: a folder, not a text file") from None
+    if not text:
+        raise UserError(f"--prime-file {source}: the file is empty: give the text to start from")
+    return text
+
+
 def check(prime: str, temperature: float) -> None:
     if not prime:
         raise UserError("--prime must not be empty: the model needs at least one character to start from")

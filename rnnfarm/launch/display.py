@@ -36,13 +36,13 @@ from ..storage import is_local
 LOG_FILE = "log.jsonl"
 # Lines of Ray's that tell a user nothing they can act on: kept in the log file, off the screen.
 CHATTER = re.compile(
-    r"PlacementGroupCleaner|controller actor is dead|[Dd]eprecat|Started a local Ray instance|"
-    r"Connected to Ray cluster|View the dashboard|safe to ignore|Setting up process group|"
+    r"PlacementGroupCleaner|placement_group_cleaner|controller actor .*is dead|[Dd]eprecat|"
+    r"Started a local Ray instance|Connected to Ray cluster|View the dashboard|safe to ignore|Setting up process group|"
     r"Started training worker group|Moving model to device|Wrapping provided model|FutureWarning"
 )
 # A line of Ray's at warning level or above (its records read "<time>\tWARNING file.py:NN -- message").
 ALERT = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b")
-QUIET_SOURCES = ("pid=autoscaler",)  # the autoscaler's periodic status dumps
+QUIET_SOURCES = ("pid=autoscaler", "PlacementGroupCleaner")  # status dumps; clean-up after stopped trials
 SHOWN = {"warning": 30, "error": 40, "critical": 50, "info": 20, "debug": 10}
 # The fields a short line keeps, in order, with how each reads.
 BRIEF = ("status", "step", "steps", "val_loss", "train_loss", "best_val_loss", "trials", "error", "reason", "url")
@@ -172,6 +172,11 @@ class _ToRouter(logging.Handler):
 RAY_LOGGERS = ("ray", "py.warnings")
 
 
+def planned_trials(spec: JobSpec) -> int:
+    """How many trials a sweep runs: ``tune.samples`` of every combination of its grids."""
+    return spec.tune.samples * math.prod(len(d.grid) for d in spec.tune.space.values() if d.grid is not None)
+
+
 class Display:
     """The live view: a progress bar for one model; for a sweep, a table of trials above an overall bar."""
 
@@ -179,6 +184,7 @@ class Display:
         self.spec, self.console = spec, console
         self.steps = spec.train.steps
         self.sweep = spec.tune is not None
+        self.trials = planned_trials(spec) if self.sweep else 1
         self.started = time.monotonic()
         self.lock = threading.Lock()
         self.latest: dict[str, dict[str, Any]] = {}
@@ -224,7 +230,7 @@ class Display:
         return _duration((self.steps - m["step"]) / rate)
 
     def _bar(self) -> Progress:
-        columns = [TextColumn("[bold]{task.description}"), BarColumn(bar_width=30), TaskProgressColumn()]
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), TaskProgressColumn()]
         return Progress(*columns, TextColumn("{task.fields[info]}"), console=self.console, auto_refresh=False)
 
     def single(self) -> Progress:
@@ -247,7 +253,7 @@ class Display:
 
     def table(self) -> Table:
         keys = sorted({k for s in self.settings.values() for k in s})
-        table = Table(title=f"trials ({len(self.status)} of {self.spec.tune.samples})", title_justify="left")
+        table = Table(title=f"trials ({len(self.status)} of {self.trials} started)", title_justify="left")
         table.add_column("trial")
         table.add_column("status")
         for key in keys:
@@ -274,12 +280,12 @@ class Display:
         budget = self.spec.tune.time_budget_s
         elapsed = self._elapsed()
         ended = sum(s not in ("running",) for s in self.status.values())
-        info = f"{ended}/{self.spec.tune.samples} trials ended · {_duration(elapsed)}"
+        info = f"{ended}/{self.trials} trials ended · {_duration(elapsed)}"
         if budget:
             info = f"{info} of {_duration(budget)}"
             bar.add_task("time budget", total=budget, completed=min(elapsed, budget), info=info)
         else:
-            total = self.spec.tune.samples * self.steps
+            total = self.trials * self.steps
             done = sum(
                 self.steps if s in ("stopped", "failed", "completed") else self.latest.get(t, {}).get("step", 0)
                 for t, s in self.status.items()
