@@ -42,7 +42,8 @@ class Screen:
     def start(cls, name: str, command: str, cwd: Path) -> Screen:
         assert shutil.which("tmux"), "tmux is not installed: run tests/setup/tmux.sh (make test does)"
         subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
-        shell = f"cd {cwd} && {command}; echo EXIT=$?; sleep 600"
+        # Without COLUMNS and LINES (pytest's environment sets them): the size is the terminal's, 120x40.
+        shell = f"cd {cwd} && env -u COLUMNS -u LINES {command}; echo EXIT=$?; sleep 600"
         subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "120", "-y", "40", shell], check=True)
         return cls(name)
 

@@ -59,10 +59,11 @@ def line_chart(
         fig = plt.figure(figsize=(width / DPI, (height + 14 * legend_rows) / DPI), dpi=DPI)
         ax = fig.add_subplot()
         drawn = 0
-        for name, xs, ys in series:
+        for i, (name, xs, ys) in enumerate(series):
             kept = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None and math.isfinite(y)]
             if kept:
-                ax.plot(*zip(*kept, strict=True), marker="o", markersize=3.5, linewidth=1.6, label=name)
+                points = zip(*kept, strict=True)
+                ax.plot(*points, marker="o", markersize=3.5, linewidth=1.6, label=name, gid=f"series_{i}")
                 drawn += 1
         ax.set_title(title, loc="left", fontsize=10, fontweight="bold")
         ax.set_xlabel("step")
@@ -79,7 +80,10 @@ def line_chart(
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(number))
         if log_y and drawn:
             ax.set_yscale("log")
-            ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0), numticks=8))
+            lo, hi = ax.get_ylim()
+            wide = hi / lo >= 2.5  # else too few of 1, 1.5, 2, 3... fall in view: evenly spaced values instead
+            subs = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0)
+            ax.yaxis.set_major_locator(ticker.LogLocator(subs=subs) if wide else ticker.MaxNLocator(nbins=4))
             ax.yaxis.set_minor_locator(ticker.NullLocator())
         else:
             ax.yaxis.set_major_locator(ticker.MaxNLocator(nbins=5))

@@ -34,6 +34,7 @@ from ..spec import JobSpec
 from ..storage import is_local
 
 LOG_FILE = "log.jsonl"
+BAR_WIDTH = 20
 # Lines of Ray's that tell a user nothing they can act on: kept in the log file, off the screen.
 CHATTER = re.compile(
     r"PlacementGroupCleaner|placement_group_cleaner|controller actor .*is dead|[Dd]eprecat|"
@@ -230,7 +231,7 @@ class Display:
         return _duration((self.steps - m["step"]) / rate)
 
     def _bar(self) -> Progress:
-        columns = [TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), TaskProgressColumn()]
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(bar_width=BAR_WIDTH), TaskProgressColumn()]
         return Progress(*columns, TextColumn("{task.fields[info]}"), console=self.console, auto_refresh=False)
 
     def single(self) -> Progress:
@@ -240,11 +241,20 @@ class Display:
             info = f"step 0/{self.steps} · waiting for the first evaluation · {_duration(self._elapsed())}"
             bar.add_task("train", total=self.steps, completed=0, info=info)
             return bar
-        info = (
-            f"step {m['step']}/{self.steps} · train {m['train_loss']:.3f} · val {m['val_loss']:.3f} · "
-            f"best {self.best[SINGLE_TRIAL]:.3f} · {m['chars_per_s'] / 1000:,.1f}k chars/s · "
-            f"ETA {self._eta(SINGLE_TRIAL)}"
-        )
+        parts = {
+            "step": f"step {m['step']}/{self.steps}",
+            "train": f"train {m['train_loss']:.3f}",
+            "val": f"val {m['val_loss']:.3f}",
+            "best": f"best {self.best[SINGLE_TRIAL]:.3f}",
+            "speed": f"{m['chars_per_s'] / 1000:,.1f}k chars/s",
+            "eta": f"ETA {self._eta(SINGLE_TRIAL)}",
+        }
+        room = self.console.width - BAR_WIDTH - 16  # the description, the bar and the percentage take the rest
+        for dropped in ("train", "best", "speed"):  # on a narrow terminal, the least needed go first
+            if len(" · ".join(parts.values())) <= room:
+                break
+            del parts[dropped]
+        info = " · ".join(parts.values())
         bar.add_task("train", total=self.steps, completed=m["step"], info=info)
         return bar
 
