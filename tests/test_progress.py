@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 
+import s3fs
 import structlog
 from rich.console import Console
 
@@ -123,6 +124,24 @@ def test_rays_chatter_and_info_events_go_to_the_log_file_and_warnings_to_the_scr
     ]
     kept = [e["event"] for e in logged(run)]
     assert kept[:2] == ["eval", "slow storage"] and pg in kept and len(kept) == 5
+
+
+def test_on_s3_the_log_file_is_uploaded_whole_at_each_sync_and_a_resumed_run_continues_it(s3, monkeypatch):
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    run = Run(Store.at("s3://rnnfarm-test/logs/runs/r"))
+    first = display.LogFile(run)
+    first.write('{"event": "one"}')
+    first.sync()
+    assert (run.store / display.LOG_FILE).read_text() == '{"event": "one"}\n'
+    first.write('{"event": "two"}')
+    first.close()
+    again = display.LogFile(run)  # the same run, started again
+    again.write('{"event": "three"}')
+    again.close()
+    assert [e["event"] for e in logged(run)] == ["one", "two", "three"]
+    assert not again.path.exists()  # the local copy goes once uploaded
 
 
 def test_with_verbose_info_events_show_as_one_short_line_not_a_key_value_dump(tmp_path):

@@ -29,6 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .. import log
+from ..redact import scrub
 from ..runs.record import SINGLE_TRIAL, Run
 from ..spec import JobSpec
 from ..storage import is_local
@@ -80,13 +81,16 @@ def short(event: dict[str, Any]) -> Text:
 
 class LogFile:
     """The run's log file, ``<run>/log.jsonl``: appended to in place on a local disk; elsewhere kept in a
-    local file and uploaded whole (as every object is) at each ``sync`` and at the end."""
+    local file and uploaded whole (as every object is) at each ``sync`` (every poll of the follower) and
+    at the end."""
 
     def __init__(self, run: Run) -> None:
         self.target = run.store / LOG_FILE
         self.remote = not is_local(self.target.url)
-        if self.remote:
+        if self.remote:  # a resumed run's file goes on from its earlier attempts' events
             self.path = Path(tempfile.mkstemp(prefix="rnnfarm-log-", suffix=".jsonl")[1])
+            if self.target.exists():
+                self.path.write_bytes(self.target.read_bytes())
         else:
             self.path = Path(self.target.path)
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -324,7 +328,7 @@ class Terminal:
 
     def start(self) -> None:
         """Events to the log file (its location printed first), Ray's loggers through the router, display on."""
-        self.console.print(f"log: {self.file.target.url}", style="dim", highlight=False, soft_wrap=True)
+        self.console.print(f"log: {scrub(self.file.target.url)}", style="dim", highlight=False, soft_wrap=True)
         # The workers' events arrive as lines the router parses: JSON (a job's log_format), whatever the TTY.
         self.format_before = os.environ.get(log.FORMAT_ENV)
         os.environ[log.FORMAT_ENV] = "json"
