@@ -70,8 +70,8 @@ def evaluation(step: int, elapsed: float, val: float = 2.1) -> dict:
 def test_the_progress_bar_shows_step_losses_best_speed_and_an_eta_from_the_time_between_evaluations():
     c = console()
     shown_on = display.Display(make_spec("/tmp/x", train={"steps": 1000, "eval_every": 200}), c)
-    shown_on.evaluated("main", evaluation(200, 100.0, val=2.0))
-    shown_on.evaluated("main", evaluation(400, 200.0, val=2.1))  # 2 steps/s, evaluations included
+    shown_on.evaluated("main", evaluation(200, 150.0, val=2.0))
+    shown_on.evaluated("main", evaluation(400, 250.0, val=2.1))  # 2 steps/s between them, evaluations included
     c.print(shown_on.renderable())
     assert "step 400/1000 · train 2.000 · val 2.100 · best 2.000 · 9.0k chars/s · ETA 5m00s" in shown(c)
     # After a resume the clock restarts: the training speed alone gives the rate.
