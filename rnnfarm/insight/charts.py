@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402 (after the backend is chosen)
 from matplotlib import ticker  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 STYLE = {
     "font.family": "DejaVu Sans",
@@ -55,56 +56,70 @@ def line_chart(
 ) -> str:
     """An inline SVG of named (steps, values) series, each drawn as a line with its points marked."""
     with plt.rc_context({**STYLE, "svg.hashsalt": f"rnnfarm-{title}"}):
-        legend_rows = math.ceil(len(series) / _columns(series, width)) if len(series) > 1 else 0
-        fig = plt.figure(figsize=(width / DPI, (height + 14 * legend_rows) / DPI), dpi=DPI)
-        ax = fig.add_subplot()
-        drawn = 0
-        for i, (name, xs, ys) in enumerate(series):
-            kept = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None and math.isfinite(y)]
-            if kept:
-                points = zip(*kept, strict=True)
-                ax.plot(*points, marker="o", markersize=3.5, linewidth=1.6, label=name, gid=f"series_{i}")
-                drawn += 1
-        ax.set_title(title, loc="left", fontsize=10, fontweight="bold")
-        ax.set_xlabel("step")
-        ax.set_ylabel(y_label)
-        if not drawn:
-            ax.text(0.5, 0.5, "no data yet", transform=ax.transAxes, ha="center", color="#888")
-        else:
-            steps = [x for _, xs, _ in series for x in xs]
-            ax.set_xlim(0, max(steps) * 1.04 or 1)  # training starts at step 0: one point is not a whole axis
-            values = [y for _, _, ys in series for y in ys if y is not None and math.isfinite(y)]
-            if min(values) == max(values):  # one value: an axis a little either side of it
-                ax.set_ylim(values[0] * 0.8 or -1, values[0] * 1.25 or 1)
-        ax.xaxis.set_major_locator(ticker.MaxNLocator(nbins=5, integer=True, min_n_ticks=2))
-        ax.xaxis.set_major_formatter(ticker.FuncFormatter(number))
-        if log_y and drawn:
-            ax.set_yscale("log")
-            lo, hi = ax.get_ylim()
-            wide = hi / lo >= 2.5  # else too few of 1, 1.5, 2, 3... fall in view: evenly spaced values instead
-            subs = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0)
-            ax.yaxis.set_major_locator(ticker.LogLocator(subs=subs) if wide else ticker.MaxNLocator(nbins=4))
-            ax.yaxis.set_minor_locator(ticker.NullLocator())
-        else:
-            ax.yaxis.set_major_locator(ticker.MaxNLocator(nbins=5))
-        ax.yaxis.set_major_formatter(ticker.FuncFormatter(number))
-        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
-        if legend_rows:
-            ax.legend(
-                loc="upper left",
-                bbox_to_anchor=(0, -0.2),
-                ncols=_columns(series, width),
-                frameon=False,
-                fontsize=8,
-                handlelength=1.5,
-                columnspacing=1.0,
-            )
+        fig = figure(series, title, y_label, log_y=log_y, width=width, height=height)
         sink = io.StringIO()
-        fig.savefig(sink, format="svg", bbox_inches="tight", metadata={"Date": None})
+        fig.savefig(sink, format="svg", metadata={"Date": None})
         plt.close(fig)
     svg = sink.getvalue()
     svg = svg[svg.index("<svg") :]  # no XML prolog or doctype inside the HTML page
     return f'<figure class="chart" data-title="{escape(title)}">{_ids(svg, title)}</figure>'
+
+
+def figure(
+    series: list[tuple[str, list[float], list[float | None]]],
+    title: str,
+    y_label: str,
+    *,
+    log_y: bool = False,
+    width: int = 420,
+    height: int = 260,
+) -> Figure:
+    """The chart as a matplotlib figure: constrained layout keeps ticks, labels and the legend apart."""
+    columns = _columns(series, width)
+    legend_rows = math.ceil(len(series) / columns) if len(series) > 1 else 0
+    fig = plt.figure(figsize=(width / DPI, (height + 13 * legend_rows) / DPI), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    drawn = 0
+    for i, (name, xs, ys) in enumerate(series):
+        kept = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None and math.isfinite(y)]
+        if kept:
+            points = zip(*kept, strict=True)
+            ax.plot(*points, marker="o", markersize=3.5, linewidth=1.6, label=name, gid=f"series_{i}")
+            drawn += 1
+    ax.set_title(title, loc="left", fontsize=10, fontweight="bold")
+    ax.set_xlabel("step")
+    ax.set_ylabel(y_label)
+    if not drawn:
+        ax.text(0.5, 0.5, "no data yet", transform=ax.transAxes, ha="center", color="#888")
+    else:
+        steps = [x for _, xs, _ in series for x in xs]
+        ax.set_xlim(0, max(steps) * 1.04 or 1)  # training starts at step 0: one point is not a whole axis
+        values = [y for _, _, ys in series for y in ys if y is not None and math.isfinite(y)]
+        if min(values) == max(values):  # one value: an axis a little either side of it
+            ax.set_ylim(values[0] * 0.8 or -1, values[0] * 1.25 or 1)
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(nbins=5, integer=True, min_n_ticks=2))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(number))
+    if log_y and drawn:
+        ax.set_yscale("log")
+        lo, hi = ax.get_ylim()
+        wide = hi / lo >= 2.5  # else too few of 1, 1.5, 2, 3... fall in view: evenly spaced values instead
+        subs = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0)
+        ax.yaxis.set_major_locator(ticker.LogLocator(subs=subs) if wide else ticker.MaxNLocator(nbins=4))
+        ax.yaxis.set_minor_locator(ticker.NullLocator())
+    else:
+        ax.yaxis.set_major_locator(ticker.MaxNLocator(nbins=5))
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(number))
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    if legend_rows and drawn:
+        fig.legend(
+            loc="outside lower left",
+            ncols=columns,
+            frameon=False,
+            fontsize=8,
+            handlelength=1.5,
+            columnspacing=1.0,
+        )
+    return fig
 
 
 def _columns(series: list[tuple[str, list[float], list[float | None]]], width: int) -> int:
