@@ -73,3 +73,11 @@ def test_tick_labels_axis_labels_and_legend_never_overlap(trials):
             assert not box_a.overlaps(box_b), (a, b)
     assert len(chart_legend(dom(charts.line_chart(series, "v", "nats/char")))) == (trials if trials > 1 else 0)
     plt.close(fig)
+
+
+def test_a_speed_axis_reads_in_thousands():
+    fig = charts.figure([("main", [10, 20, 30], [18_000.0, 27_500.0, 24_000.0])], "training speed", "chars/s")
+    fig.canvas.draw()
+    labels = [t.get_text() for t in shown_ticks(fig.axes[0])]
+    assert labels[-4:] == ["20k", "22.5k", "25k", "27.5k"], labels
+    plt.close(fig)
