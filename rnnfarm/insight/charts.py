@@ -12,6 +12,7 @@ import io
 import math
 import re
 from html import escape
+from typing import Any
 
 import matplotlib
 
@@ -33,6 +34,7 @@ STYLE = {
     "axes.prop_cycle": matplotlib.cycler(color=plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors),
 }
 DPI = 96
+Series = list[tuple[str, list[float], list[float | None]]]  # (name, steps, values); a None value is not drawn
 
 
 def number(value: float, _position: object = None) -> str:
@@ -45,18 +47,11 @@ def number(value: float, _position: object = None) -> str:
     return f"{value:.8f}".rstrip("0")
 
 
-def line_chart(
-    series: list[tuple[str, list[float], list[float | None]]],
-    title: str,
-    y_label: str,
-    *,
-    log_y: bool = False,
-    width: int = 420,
-    height: int = 260,
-) -> str:
-    """An inline SVG of named (steps, values) series, each drawn as a line with its points marked."""
+def line_chart(series: Series, title: str, y_label: str, **layout: Any) -> str:
+    """An inline SVG of named (steps, values) series, each drawn as a line with its points marked;
+    ``layout`` is ``figure``'s (log_y, width, height)."""
     with plt.rc_context({**STYLE, "svg.hashsalt": f"rnnfarm-{title}"}):
-        fig = figure(series, title, y_label, log_y=log_y, width=width, height=height)
+        fig = figure(series, title, y_label, **layout)
         sink = io.StringIO()
         fig.savefig(sink, format="svg", metadata={"Date": None})
         plt.close(fig)
@@ -66,7 +61,7 @@ def line_chart(
 
 
 def figure(
-    series: list[tuple[str, list[float], list[float | None]]],
+    series: Series,
     title: str,
     y_label: str,
     *,
@@ -122,7 +117,7 @@ def figure(
     return fig
 
 
-def _columns(series: list[tuple[str, list[float], list[float | None]]], width: int) -> int:
+def _columns(series: Series, width: int) -> int:
     """How many legend entries fit side by side in the chart's width."""
     longest = max((len(name) for name, _, _ in series), default=1)
     return max(1, min(len(series), int(width // (longest * 6 + 34))))

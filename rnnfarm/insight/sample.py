@@ -16,7 +16,7 @@ from ..engine.model import CharRNN, generate
 from ..errors import UserError
 from ..runs.leaderboard import best_checkpoint
 from ..runs.record import Run
-from ..storage import Store, is_local, verify_sha256
+from ..storage import Store, is_local, text_file, verify_sha256
 
 
 def verified(folder: Path) -> Path:
@@ -77,15 +77,7 @@ def load(target: str, options: dict | None = None, trial: str | None = None) -> 
 
 def read_prime(source: str) -> str:
     """The text of a prime file (a path or any storage URL), as it is: a long or multi-line prime needs no quoting."""
-    store = Store.at(source)
-    if not store.exists():
-        raise UserError(f"--prime-file {source}: no such file: give a UTF-8 text file")
-    try:
-        text = store.read_text()
-    except UnicodeDecodeError:
-        raise UserError(f"--prime-file {source}: not UTF-8 text") from None
-    except IsADirectoryError:
-        raise UserError(f"--prime-file {source}: a folder, not a text file") from None
+    text = text_file(source, "--prime-file")
     if not text:
         raise UserError(f"--prime-file {source}: the file is empty: give the text to start from")
     return text
