@@ -52,6 +52,22 @@ def test_the_follower_passes_on_new_evaluations_only_and_rewrites_the_live_repor
     assert follower.poll() == 0 and not (run.store / "report.html").exists()  # nothing new, nothing written
 
 
+def test_evaluations_stored_while_the_last_reports_share_of_time_runs_go_into_the_next_write(shakespeare, tmp_path):
+    run, job = trained(shakespeare, tmp_path, 20)
+    session = LocalSession(tmp_path / "checkpoints")
+    follower = progress.Follower(run, None)
+    train(job, session)
+    assert follower.poll() == 1 and follower.next_report > 0  # written, and the next write waits
+    (run.store / "report.html").remove()
+    follower.next_report = float("inf")  # as if the last write had just taken very long
+    _, resumed = trained(shakespeare, tmp_path, 40, begin=False)
+    train(resumed, session)
+    assert follower.poll() == 1 and not (run.store / "report.html").exists()  # not yet: pending
+    follower.next_report = 0.0
+    assert follower.poll() == 0  # nothing new, but the pending write is done
+    assert (run.store / "report.html").exists()
+
+
 def test_off_a_terminal_the_run_is_followed_without_a_display_and_a_remote_run_not_at_all(shakespeare, tmp_path):
     run, job = trained(shakespeare, tmp_path, 20)
     with progress.follow(run, job.spec, out=io.StringIO(), interval=0.05) as followed:

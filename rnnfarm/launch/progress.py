@@ -23,6 +23,9 @@ from ..spec import JobSpec
 from .display import Terminal
 
 ATTACH_EVERY = 0.2  # seconds between looks for Ray's start, to route its workers' lines from the first
+# The live report takes at most this share of the driver's time: after a write that took t seconds, the
+# next waits 1/share * t, and the evaluations stored meanwhile go into it (a 64-trial report takes seconds).
+REPORT_SHARE = 0.1
 
 
 class Follower:
@@ -32,6 +35,8 @@ class Follower:
         self.run, self.terminal = run, terminal
         self.seen: dict[str, int] = {}  # trial -> last step passed on
         self.reported = False
+        self.pending = False  # evaluations stored since the live report was last written
+        self.next_report = 0.0  # time.monotonic() from which it may be written again
 
     def skip_existing(self) -> None:
         """What an earlier, resumed attempt stored informs the display (best, rates) but is not news."""
@@ -45,7 +50,8 @@ class Follower:
             self.terminal.display.evaluated(trial, m)
 
     def poll(self) -> int:
-        """Pass on the evaluations stored since the last poll; rewrite the report when there were any."""
+        """Pass on the evaluations stored since the last poll; rewrite the report when there were any (or
+        when some came while the last write's share of time ran)."""
         if self.terminal is not None:
             self.terminal.attach_ray()
         new = 0
@@ -54,9 +60,12 @@ class Follower:
                 if m["step"] > self.seen.get(trial, -1):
                     self._show(trial, m)
                     new += 1
-        if new:
+        self.pending = self.pending or new > 0
+        if self.pending and time.monotonic() >= self.next_report:
+            started = time.monotonic()
             report.write_live(self.run)
-            self.reported = True
+            self.next_report = time.monotonic() + (time.monotonic() - started) / REPORT_SHARE
+            self.pending, self.reported = False, True
         if self.terminal is not None:
             self.terminal.file.sync()
         return new
