@@ -81,3 +81,8 @@ def test_a_speed_axis_reads_in_thousands():
     labels = [t.get_text() for t in shown_ticks(fig.axes[0])]
     assert labels[-4:] == ["20k", "22.5k", "25k", "27.5k"], labels
     plt.close(fig)
+
+
+def test_the_same_data_gives_the_same_svg_bytes():
+    series = [("train loss", [10, 20], [3.1, 2.9]), ("val loss", [10, 20], [3.2, 3.0])]
+    assert charts.line_chart(series, "trial main", "nats/char") == charts.line_chart(series, "trial main", "nats/char")
