@@ -389,9 +389,9 @@ def pull(
 
         from .launch.display import sample_hint
 
-        drawn = json.loads(meta.read_text())["spec"]["samples"]
-        temperature = min(drawn["temperatures"], key=lambda t: abs(t - 0.8))
-        click.echo(f"sample with: {sample_hint(str(pulled.dest), drawn['prime'], temperature)}")
+        drawn = json.loads(meta.read_text()).get("spec", {}).get("samples", {})  # promoted before meta had the spec
+        temperature = min(drawn.get("temperatures", [0.8]), key=lambda t: abs(t - 0.8))
+        click.echo(f"sample with: {sample_hint(str(pulled.dest), drawn.get('prime', chr(10)), temperature)}")
 
 
 @cli.group()

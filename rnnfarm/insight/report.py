@@ -219,7 +219,7 @@ def render(run: Run, text: str | None = None) -> dict[str, str]:
     if live:
         facts.insert(1, f"updated {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC, reloads every {REFRESH_S}s")
     temperatures = sorted({r["temperature"] for r in best_samples})
-    shown_t = min(temperatures, key=lambda t: abs(t - 1.0)) if temperatures else None
+    shown_t = min(temperatures, key=lambda t: abs(t - 0.8)) if temperatures else None  # as `rnnfarm run` shows
     body = [
         f"<h1>Run {escape(run.name)}</h1>",
         f"<p class=meta>{' · '.join(facts)}</p>",
