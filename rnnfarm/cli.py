@@ -46,9 +46,16 @@ def cli() -> None:
 )
 @click.option("--no-wait", is_flag=True, help="On a cluster: submit, print the job id, and return at once.")
 @click.option("--env-file", hidden=True, type=click.Path(dir_okay=False, exists=True))  # a submitted job's variables
+@click.option("--verbose", "-v", is_flag=True, help="On a terminal, show info events too (as short lines).")
 @_guarded
-def run(spec_file: str, name: str | None, address: str | None, no_wait: bool, env_file: str | None) -> None:
+def run(
+    spec_file: str, name: str | None, address: str | None, no_wait: bool, env_file: str | None, verbose: bool
+) -> None:
     """Build the corpus, train, and keep the best checkpoint and samples, as SPEC_FILE describes.
+
+    On a terminal a live display shows the progress, and only warnings and errors are printed above it;
+    every event goes to the run's log file (log.jsonl in the run folder, its location printed first).
+    Elsewhere (a pipe, CI) the events are JSON lines on stderr.
 
     With a cluster address the job is submitted to that Ray cluster and its logs follow here; Ctrl-C
     detaches (the job goes on), and the exit code is the job's: 0 when it succeeded.
@@ -70,12 +77,18 @@ def run(spec_file: str, name: str | None, address: str | None, no_wait: bool, en
         raise UserError("--no-wait applies to a job submitted to a cluster: give a cluster address (--address)")
     the_run = Run.under(Store.at(job_spec.storage, job_spec.storage_options), name or job_spec.name)
     try:
-        with progress.follow(the_run, job_spec):
+        with progress.follow(the_run, job_spec, verbose=verbose) as followed:
             outcome = pipeline.run(job_spec, name)
     except TrainingFailed as exc:
         click.echo(f"error: {scrub(str(exc))}", err=True)
         sys.exit(1)
-    print_outcome(outcome)
+    if followed is not None and followed.terminal is not None:
+        from .launch import display
+
+        display.summary(outcome, job_spec, followed.terminal.console)
+        print_sample(outcome, job_spec)
+    else:
+        print_outcome(outcome, job_spec)
 
 
 def submit_and_follow(job_spec, name: str | None, no_wait: bool) -> int:
@@ -114,8 +127,10 @@ def job_ended(info, run_url: str | None = None) -> int:
     return code
 
 
-def print_outcome(outcome) -> None:
+def print_outcome(outcome, job_spec) -> None:
+    """The end of a run as plain lines (off a terminal)."""
     from .insight import ngram
+    from .launch.display import landed
     from .runs.leaderboard import format_table
 
     best, run = outcome.best, outcome.run
@@ -131,17 +146,20 @@ def print_outcome(outcome) -> None:
     ngrams = ngram.of_run(outcome.record, run.store.options)
     if ngrams is not None:
         click.echo(f"n-gram baseline: val {ngram.line(ngrams)}")
-    click.echo(f"best checkpoint: {best['url']}")
-    click.echo(f"leaderboard:     {run.leaderboard('csv').url}")
-    click.echo(f"samples:         {run.trial(best['trial']).archive_text.url}")
-    click.echo(f"sample with:     rnnfarm sample {run.store.url} --temperature 0.8 --prime 'ROMEO:'")
-    if run.report_page.exists():
-        click.echo(f"report:          {run.report_page.url}")
-    shown = run.best_samples
+    for what, where in landed(outcome, job_spec):
+        click.echo(f"{what + ':':<17}{where}")
+    print_sample(outcome, job_spec)
+
+
+def print_sample(outcome, job_spec) -> None:
+    """The best checkpoint's sample at the temperature the hint names."""
+    from .launch.display import shown_temperature
+
+    shown = outcome.run.best_samples
     if shown.exists():
         drawn = shown.read_json()["samples"]
-        pick = min(drawn, key=lambda s: abs(s["temperature"] - 0.8))
-        click.echo(f"\n--- sample at step {best['step']}, temperature {pick['temperature']} ---")
+        pick = min(drawn, key=lambda s: abs(s["temperature"] - shown_temperature(job_spec)))
+        click.echo(f"\n--- sample at step {outcome.best['step']}, temperature {pick['temperature']} ---")
         click.echo(pick["prime"] + pick["text"])
 
 
@@ -181,6 +199,11 @@ def show_samples(run_url: str, trial: str | None, step: int | None, temperature:
 @click.option("--trial", help="A trial of the run TARGET: sample its best kept checkpoint instead of the run's best.")
 @click.option("--temperature", "-t", type=float, default=1.0, show_default=True)
 @click.option("--prime", "-p", default="\n", help="Text to start from (its characters must be in the vocabulary).")
+@click.option(
+    "--prime-file",
+    type=click.Path(dir_okay=False),
+    help="Start from the text of this UTF-8 file (a path or a storage URL) instead of --prime.",
+)
 @click.option("--length", "-l", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("-n", "count", type=click.IntRange(min=1), default=1, show_default=True, help="How many samples.")
 @click.option("--seed", type=int, default=None, help="Seed for reproducible samples.")
@@ -193,6 +216,7 @@ def generate_text(
     trial: str | None,
     temperature: float,
     prime: str,
+    prime_file: str | None,
     length: int,
     count: int,
     seed: int | None,
@@ -204,8 +228,12 @@ def generate_text(
     trial; local or remote."""
     import torch
 
-    from .insight.sample import characters, check, load
+    from .insight.sample import characters, check, load, read_prime
 
+    if prime_file is not None:
+        if prime != "\n":
+            raise UserError("give --prime or --prime-file, not both")
+        prime = read_prime(prime_file)
     check(prime, temperature)
     model, vocab, _ = load(target, trial=trial)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -302,7 +330,7 @@ def _write_page(out: str, html: str) -> None:
 @click.option("--cell", type=int, help="The cell of --layer to show (cells count from 0).")
 @click.option("--top", type=click.IntRange(min=1), help="Show the N cells that track a text feature best.")
 @click.option("--signal", type=click.Choice(["cell", "output"]), default="cell", show_default=True)
-@click.option("--out", "-o", default="neurons.html", show_default=True, help="The HTML file to write.")
+@click.option("--out", "-o", default="neurons.html", show_default=True, help="The file to write (one HTML page).")
 @_guarded
 def viz_neurons(
     target: str,
@@ -331,7 +359,7 @@ def viz_neurons(
 @viz.command("predictions")
 @click.argument("target")
 @_viz_options
-@click.option("--out", "-o", default="predictions.html", show_default=True, help="The HTML file to write.")
+@click.option("--out", "-o", default="predictions.html", show_default=True, help="The file to write (one HTML page).")
 @_guarded
 def viz_predictions(target: str, text_file: str, max_chars: int, trial: str | None, out: str) -> None:
     """An HTML page showing, for each character of a text, the probability the checkpoint TARGET gave it
@@ -348,7 +376,12 @@ def viz_predictions(target: str, text_file: str, max_chars: int, trial: str | No
 
 @cli.command()
 @click.argument("run_url")
-@click.option("--out", type=click.Path(file_okay=False), help="Write the pages into this local folder instead.")
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False),
+    help="The folder to write into (several pages: report.html and report/); default: the run folder.",
+)
 @click.option("--text", "text_file", help="Text for the neuron and prediction pages (default: the corpus's val split).")
 @_guarded
 def report(run_url: str, out: str | None, text_file: str | None) -> None:
@@ -380,25 +413,37 @@ def _loss(value: float | None) -> str:
 
 @cli.command()
 @click.argument("run_url")
-@click.option("--dest", type=click.Path(file_okay=False), help="Local folder (default: ./<run name>).")
+@click.option(
+    "--out", "-o", type=click.Path(file_okay=False), help="The local folder to write into (default: ./<run name>)."
+)
+@click.option("--dest", hidden=True, type=click.Path(file_okay=False))  # the earlier spelling of --out
 @click.option("--best", "want_best", is_flag=True, help="The best checkpoint (default: it and the samples).")
 @click.option("--samples", "want_samples", is_flag=True, help="The sample archives (default: them and the best).")
 @click.option("--trial", help="Only this trial's sample archives.")
 @_guarded
-def pull(run_url: str, dest: str | None, want_best: bool, want_samples: bool, trial: str | None) -> None:
+def pull(
+    run_url: str, out: str | None, dest: str | None, want_best: bool, want_samples: bool, trial: str | None
+) -> None:
     """Download a run's best checkpoint and sample archives from RUN_URL, checksums verified."""
     from .runs.pull import pull as fetch
 
     both = not want_best and not want_samples
-    pulled = fetch(run_url, dest, best=want_best or both, samples=want_samples or both, trial=trial)
+    pulled = fetch(run_url, out or dest, best=want_best or both, samples=want_samples or both, trial=trial)
     for item in pulled.files:
         click.echo(f"  {item.name:<44} {_size(item.size):>9}  {item.check}")
     click.echo(
         f"pulled {len(pulled.files)} files ({_size(pulled.bytes)}) of run {pulled.run.name} "
         f"from {scrub(pulled.run.store.url)} to {pulled.dest}"
     )
-    if (pulled.dest / "best").exists():
-        click.echo(f"sample with: rnnfarm sample {pulled.dest} --prime 'ROMEO:'")
+    meta = pulled.dest / "best" / "meta.json"
+    if meta.exists():
+        import json
+
+        from .launch.display import sample_hint
+
+        drawn = json.loads(meta.read_text()).get("spec", {}).get("samples", {})  # promoted before meta had the spec
+        temperature = min(drawn.get("temperatures", [0.8]), key=lambda t: abs(t - 0.8))
+        click.echo(f"sample with: {sample_hint(str(pulled.dest), drawn.get('prime', chr(10)), temperature)}")
 
 
 @cli.command()

@@ -23,6 +23,7 @@ SINGLE_TRIAL = "main"  # the one trial of a run that is not a sweep
 RECORD, SUMS, SPEC = "run.json", "SHA256SUMS", "spec.yaml"
 LEADERBOARD = "leaderboard"  # .parquet and .csv
 REPORT_PAGE, REPORT_FOLDER = "report.html", "report"
+LOG = "log.jsonl"  # every event of a run started on a terminal, one JSON line each
 EXPERIMENT = "tune"  # Ray Tune's experiment folder of a sweep
 CONFIG = "config.json"  # a sweep trial's sampled settings
 DIVERGED = "diverged.json"  # why a trial stopped diverging
@@ -191,6 +192,10 @@ class Run:
 
     def leaderboard(self, suffix: str = "parquet") -> Store:
         return self.store / f"{LEADERBOARD}.{suffix}"
+
+    @property
+    def log(self) -> Store:
+        return self.store / LOG
 
     @property
     def report_page(self) -> Store:

@@ -445,3 +445,16 @@ def verify_sha256(path: str | Path, expected: str, what: str) -> None:
             f"{what}: sha256 {actual[:12]}... differs from the recorded {expected[:12]}...: "
             "the file is corrupt or was replaced while being read; fetch it again"
         )
+
+
+def text_file(source: str, flag: str) -> str:
+    """The whole text of a UTF-8 file a user named with ``flag`` (a path or any storage URL)."""
+    store = Store.at(source)
+    if not store.exists():
+        raise UserError(f"{flag} {source}: no such file: give a UTF-8 text file")
+    try:
+        return store.read_text()
+    except UnicodeDecodeError:
+        raise UserError(f"{flag} {source}: not UTF-8 text") from None
+    except IsADirectoryError:
+        raise UserError(f"{flag} {source}: a folder, not a text file") from None

@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -217,3 +218,23 @@ def devtools(*flags: str) -> Iterator[Devtools]:
             yield browser
         finally:
             browser.close()
+
+
+def chart_ticks(chart: Element) -> list[str]:
+    """The tick labels of a report chart (matplotlib's SVG): the text in its xtick_N and ytick_N groups."""
+    return [g.all_text.strip() for g in chart.find_all("g") if re.search(r"[xy]tick_\d+$", g.attrs.get("id", ""))]
+
+
+def chart_x_ticks(chart: Element) -> list[str]:
+    return [g.all_text.strip() for g in chart.find_all("g") if re.search(r"xtick_\d+$", g.attrs.get("id", ""))]
+
+
+def chart_points(chart: Element) -> list[int]:
+    """How many marked points each series of a report chart draws, in legend order."""
+    lines = [g for g in chart.find_all("g") if re.search(r"series_\d+$", g.attrs.get("id", ""))]
+    return [len(g.find_all("use")) for g in lines]
+
+
+def chart_legend(chart: Element) -> list[str]:
+    found = [g for g in chart.find_all("g") if re.search(r"legend_\d+$", g.attrs.get("id", ""))]
+    return [t.all_text.strip() for g in found for t in g.find_all("text")]

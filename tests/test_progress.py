@@ -1,102 +1,172 @@
-"""Progress on a terminal (a real pseudo-terminal) while a trial trains; JSON log events elsewhere."""
+"""Following a run from its driver: new evaluations reach the display and the live report; what the
+terminal display and its log routing show (a real rich Console writing to a buffer); JSON events elsewhere."""
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import re
 
+import s3fs
 import structlog
+from rich.console import Console
 
 from rnnfarm import log
 from rnnfarm.engine.loop import Job, LocalSession, train
-from rnnfarm.launch import progress
+from rnnfarm.launch import display, progress
 from rnnfarm.layout import Run
 from rnnfarm.storage import Store
 
 from .conftest import make_spec
 
-LINE = re.compile(
-    r"^\[main\] step (\d+)/60 +\d+% \|[#.]{20}\| train (\d+\.\d{3}) val (\d+\.\d{3}) nats/char · "
-    r"[\d,]+\.\dk chars/s · (ETA (\d+s|\d+m\d\ds)|done)$"
-)
 
-
-def terminal() -> tuple[int, io.TextIOWrapper]:
-    """A pseudo-terminal: the display writes to its slave end, the test reads the master end."""
-    master, slave = os.openpty()
-    os.set_blocking(master, False)
-    return master, os.fdopen(slave, "w")
-
-
-def shown(master: int) -> list[str]:
-    data = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except BlockingIOError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    return [line for line in data.decode().splitlines() if line]
-
-
-def trained(shakespeare, tmp_path, steps: int) -> tuple[Run, Job]:
+def trained(shakespeare, tmp_path, steps: int, *, begin: bool = True) -> tuple[Run, Job]:
     job_spec = make_spec(str(tmp_path / "storage"), train={"steps": steps, "eval_every": 20})
-    run = Run(Store.at(job_spec.storage) / "runs" / "tiny")
+    run = Run.under(Store.at(job_spec.storage), "tiny")
+    if begin:  # the run's record, which the report reads
+        run.begin(job_spec, {"name": "shakespeare", "url": shakespeare.folder.url})
     return run, Job(job_spec, shakespeare.folder, run.trial())
 
 
-def test_a_terminal_sees_a_line_per_evaluation_with_step_losses_speed_and_eta(shakespeare, tmp_path):
-    run, job = trained(shakespeare, tmp_path, 60)
-    master, out = terminal()
-    with progress.follow(run, job.spec, out=out, interval=0.05):
-        train(job, LocalSession(tmp_path / "checkpoints"))
-    lines = shown(master)
-    assert len(lines) == 3, lines
-    matches = [LINE.match(line) for line in lines]
-    assert all(matches), lines
-    stored = [m.read_json() for m in run.trial().metrics_files()]
-    assert [int(m.group(1)) for m in matches] == [m["step"] for m in stored] == [20, 40, 60]
-    assert [float(m.group(3)) for m in matches] == [round(m["val_loss"], 3) for m in stored]
-    assert matches[0].group(4).startswith("ETA") and matches[-1].group(4) == "done"
+def console() -> Console:
+    return Console(file=io.StringIO(), width=120, force_terminal=False, color_system=None)
 
 
-def test_evaluations_stored_before_the_display_started_are_not_shown_again(shakespeare, tmp_path):
+def shown(c: Console) -> str:
+    return c.file.getvalue()
+
+
+def test_the_follower_passes_on_new_evaluations_only_and_rewrites_the_live_report_after_each(shakespeare, tmp_path):
     run, job = trained(shakespeare, tmp_path, 40)
     session = LocalSession(tmp_path / "checkpoints")
     train(job, session)
-    resumed_run, resumed = trained(shakespeare, tmp_path, 60)
-    master, out = terminal()
-    with progress.follow(resumed_run, resumed.spec, out=out, interval=0.05):
-        train(resumed, session)  # resumes from step 40
-    lines = shown(master)
-    assert len(lines) == 1 and LINE.match(lines[0]).group(1) == "60", lines
+    follower = progress.Follower(run, None)
+    follower.skip_existing()  # an earlier attempt's evaluations: not news
+    assert follower.seen == {"main": 40} and follower.poll() == 0 and not (run.store / "report.html").exists()
+
+    _, resumed = trained(shakespeare, tmp_path, 60, begin=False)
+    train(resumed, session)  # resumes from step 40
+    assert follower.poll() == 1 and follower.seen == {"main": 60}
+    page = (run.store / "report.html").read_text()
+    assert '<meta http-equiv="refresh"' in page and "status <b>running</b>" in page
+    (run.store / "report.html").remove()
+    assert follower.poll() == 0 and not (run.store / "report.html").exists()  # nothing new, nothing written
 
 
-def test_nothing_is_shown_when_stderr_is_not_a_terminal_or_the_run_is_not_local(shakespeare, tmp_path):
+def test_evaluations_stored_while_the_last_reports_share_of_time_runs_go_into_the_next_write(shakespeare, tmp_path):
     run, job = trained(shakespeare, tmp_path, 20)
-    piped = io.StringIO()
-    with progress.follow(run, job.spec, out=piped, interval=0.05) as shown_on:
+    session = LocalSession(tmp_path / "checkpoints")
+    follower = progress.Follower(run, None)
+    train(job, session)
+    assert follower.poll() == 1 and follower.next_report > 0  # written, and the next write waits
+    (run.store / "report.html").remove()
+    follower.next_report = float("inf")  # as if the last write had just taken very long
+    _, resumed = trained(shakespeare, tmp_path, 40, begin=False)
+    train(resumed, session)
+    assert follower.poll() == 1 and not (run.store / "report.html").exists()  # not yet: pending
+    follower.next_report = 0.0
+    assert follower.poll() == 0  # nothing new, but the pending write is done
+    assert (run.store / "report.html").exists()
+
+
+def test_off_a_terminal_the_run_is_followed_without_a_display_and_a_remote_run_not_at_all(shakespeare, tmp_path):
+    run, job = trained(shakespeare, tmp_path, 20)
+    with progress.follow(run, job.spec, out=io.StringIO(), interval=0.05) as followed:
         train(job, LocalSession(tmp_path / "checkpoints"))
-    assert shown_on is None and piped.getvalue() == ""
-    _, out = terminal()
-    remote = job.spec.model_copy(
-        update={"cluster": job.spec.cluster.model_copy(update={"address": "ray://head:10001"})}
-    )
-    with progress.follow(run, remote, out=out) as shown_on:
-        assert shown_on is None
+    assert followed.terminal is None and followed.seen == {"main": 20}
+    assert (run.store / "report.html").exists()
+    remote = job.spec.model_copy(update={"cluster": job.spec.cluster.model_copy(update={"address": "ray://h:10001"})})
+    with progress.follow(run, remote, out=io.StringIO()) as followed:
+        assert followed is None
 
 
-def test_the_eta_counts_the_time_between_evaluations_evaluation_included():
-    earlier = {"step": 200, "elapsed_s": 100.0, "train_loss": 2.0, "val_loss": 2.1, "chars_per_s": 9000.0}
-    latest = {**earlier, "step": 400, "elapsed_s": 200.0}  # 2 steps/s, evaluations included
-    assert progress.line("t1", latest, earlier, 1000).endswith("9.0k chars/s · ETA 5m00s")
+def evaluation(step: int, elapsed: float, val: float = 2.1) -> dict:
+    return {"step": step, "elapsed_s": elapsed, "train_loss": 2.0, "val_loss": val, "chars_per_s": 9000.0}
+
+
+def test_the_progress_bar_shows_step_losses_best_speed_and_an_eta_from_the_time_between_evaluations():
+    c = console()
+    shown_on = display.Display(make_spec("/tmp/x", train={"steps": 1000, "eval_every": 200}), c)
+    shown_on.evaluated("main", evaluation(200, 150.0, val=2.0))
+    shown_on.evaluated("main", evaluation(400, 250.0, val=2.1))  # 2 steps/s between them, evaluations included
+    c.print(shown_on.renderable())
+    assert "step 400/1000 · train 2.000 · val 2.100 · best 2.000 · 9.0k chars/s · ETA 5m00s" in shown(c)
     # After a resume the clock restarts: the training speed alone gives the rate.
-    resumed = {**latest, "elapsed_s": 10.0, "chars": 400 * 4096, "chars_per_s": 8192.0}
-    assert progress.line("t1", resumed, earlier, 1000).endswith("ETA 5m00s")
+    shown_on.evaluated("main", {**evaluation(600, 10.0), "chars": 600 * 4096, "chars_per_s": 8192.0})
+    assert shown_on._eta("main") == "3m20s"
+
+
+def test_the_sweep_table_shows_each_trials_settings_and_marks_the_ones_asha_stopped():
+    c = console()
+    tune = {"space": {"model.hidden": {"grid": [64, 8]}}, "samples": 1, "scheduler": {"kind": "asha"}}
+    shown_on = display.Display(make_spec("/tmp/x", train={"steps": 60, "eval_every": 20}, tune=tune), c)
+    for trial, hidden in (("a_00000", 64), ("a_00001", 8)):
+        shown_on.observe({"event": "trial started", "trial": trial, "settings": {"model.hidden": hidden}})
+    shown_on.evaluated("a_00000", evaluation(40, 10.0, val=2.5))
+    shown_on.evaluated("a_00001", evaluation(20, 5.0, val=3.3))
+    shown_on.observe({"event": "trial ended", "trial": "a_00001", "status": "stopped"})
+    c.print(shown_on.renderable())
+    text = shown(c)
+    assert "trials (2 of 2 started)" in text
+    assert "│ a_00000 │ running        │     64 │ 40/60 │ 2.500 │ 2.500 │    9.0k │" in text, text
+    assert "│ a_00001 │ stopped (ASHA) │      8 │ 20/60 │ 3.300 │ 3.300 │    9.0k │" in text, text
+    assert "1/2 trials ended" in text
+
+
+def router(tmp_path, verbose: bool = False) -> tuple[display.Router, Console, Run]:
+    run = Run.under(Store.at(str(tmp_path / "storage")), "r")
+    c = console()
+    return display.Router(display.LogFile(run), c, verbose=verbose), c, run
+
+
+def logged(run: Run) -> list[dict]:
+    return [json.loads(line) for line in run.log.read_text().splitlines()]
+
+
+def test_rays_chatter_and_info_events_go_to_the_log_file_and_warnings_to_the_screen_as_short_lines(tmp_path):
+    routes, c, run = router(tmp_path)
+    eval_line = json.dumps({"event": "eval", "level": "info", "trial": "main", "step": 20, "val_loss": 2.71828})
+    warn_line = json.dumps({"event": "slow storage", "level": "warning", "timestamp": "2026-01-01T10:11:12Z"})
+    pg = (  # as Ray 2.60 forwards it for every trial ASHA stops
+        "2026-12-01 21:30:32,220\tWARNING placement_group_cleaner.py:120 -- Detected that the Ray Train controller "
+        "actor (d86de5fb5e9c23458730d33501000000) is dead. Cleaning up placement group created by this run."
+    )
+    routes.worker_lines({"lines": [eval_line, warn_line, "Setting up process group for: env://"], "pid": 9})
+    routes.worker_lines({"lines": [pg], "pid": 8, "actor_name": "PlacementGroupCleaner"})
+    routes.worker_lines({"lines": ["2026-01-01 10:11:12,000\tWARNING x.py:1 -- the disk is full"], "pid": 7})
+    routes.file.close()
+    assert shown(c).splitlines() == [
+        "10:11:12 warning slow storage",
+        "(pid=7) 2026-01-01 10:11:12,000 WARNING x.py:1 -- the disk is full",
+    ]
+    kept = [e["event"] for e in logged(run)]
+    assert kept[:2] == ["eval", "slow storage"] and pg in kept and len(kept) == 5
+
+
+def test_on_s3_the_log_file_is_uploaded_whole_at_each_sync_and_a_resumed_run_continues_it(s3, monkeypatch):
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    run = Run.under(Store.at("s3://rnnfarm-test/logs"), "r")
+    first = display.LogFile(run)
+    first.write('{"event": "one"}')
+    first.sync()
+    assert run.log.read_text() == '{"event": "one"}\n'
+    first.write('{"event": "two"}')
+    first.close()
+    again = display.LogFile(run)  # the same run, started again
+    again.write('{"event": "three"}')
+    again.close()
+    assert [e["event"] for e in logged(run)] == ["one", "two", "three"]
+    assert not again.path.exists()  # the local copy goes once uploaded
+
+
+def test_with_verbose_info_events_show_as_one_short_line_not_a_key_value_dump(tmp_path):
+    routes, c, _ = router(tmp_path, verbose=True)
+    event = {"event": "eval", "level": "info", "trial": "main", "step": 20, "val_loss": 2.71828, "timestamp": "x" * 11}
+    event.update({f"field_{i}": i for i in range(20)})
+    routes.event(event, json.dumps(event))
+    (line,) = shown(c).splitlines()
+    assert line.endswith("[main] eval · step 20 · val loss 2.718") and "field_" not in line
 
 
 def test_training_logs_a_json_event_per_evaluation_and_checkpoint(shakespeare, tmp_path):

@@ -190,9 +190,10 @@ def test_runs_list_and_show(trained, s3_env):
 
 def test_pull_verifies_then_sample_works_on_the_pulled_folder(trained, s3_env, tmp_path):
     dest = tmp_path / "pulled"
-    result = run_cli("pull", RUN, "--dest", str(dest))
+    result = run_cli("pull", RUN, "-o", str(dest))
     assert result.exit_code == 0, result.output
     assert "best/model.safetensors" in result.output and "sha256 ok" in result.output
+    assert f"sample with: rnnfarm sample {dest} --temperature 0.8\n" in result.output  # the spec's prime: "\n"
     assert "no checksum" not in result.output
     assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == [
         "SHA256SUMS",
@@ -207,7 +208,7 @@ def test_pull_verifies_then_sample_works_on_the_pulled_folder(trained, s3_env, t
         "trials/main/samples/step-000015.json",
         "trials/main/samples/step-000030.json",
     ]
-    again = run_cli("pull", RUN, "--dest", str(dest))
+    again = run_cli("pull", RUN, "--dest", str(dest))  # the earlier spelling of --out still works
     assert again.exit_code == 0 and again.output.count("unchanged") == 9
 
     sampled = run_cli("sample", str(dest), "--prime", "ROMEO:", "--length", "40", "--seed", "3")

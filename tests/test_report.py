@@ -4,6 +4,7 @@ rendered in headless Chromium. Also sampling a run's trial."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -18,7 +19,7 @@ from rnnfarm.layout import Trial
 from rnnfarm.runs import archive, leaderboard
 from rnnfarm.storage import Store
 
-from .browser import render
+from .browser import chart_legend, chart_points, chart_ticks, chart_x_ticks, render
 from .conftest import make_spec
 
 TEMPERATURES = [0.5, 1.0]
@@ -42,6 +43,10 @@ def small_run(ray_local, tmp_path_factory):
     return root / "storage" / "runs" / "reported", result.output
 
 
+def refreshes(dom) -> list[str]:
+    return [m.attrs["content"] for m in dom.find_all("meta") if m.attrs.get("http-equiv") == "refresh"]
+
+
 def links(dom) -> list[str]:
     return [a.attrs["href"] for a in dom.find_all("a")]
 
@@ -63,11 +68,11 @@ def test_a_run_ends_with_its_report_leaderboard_loss_curves_speed_and_samples(sm
     assert cells[1:3] == ["main", "completed"] and float(cells[3]) < 4.17 and cells[6] == "40"
     assert float(cells[7].replace(",", "")) > 0  # chars/s
 
-    plots = dom.find_all("svg", "plot")
-    assert [p.attrs["aria-label"] for p in plots] == ["training speed", "trial main"]
-    trial_lines = plots[1].find_all("polyline", "series")
-    assert [line.all_text for line in trial_lines] == ["train loss", "val loss"]
-    assert all(len(line.attrs["points"].split()) == 2 for line in trial_lines)  # two evaluations each
+    charts = dom.find_all("figure", "chart")
+    assert [c.attrs["data-title"] for c in charts] == ["training speed", "trial main"]
+    assert chart_legend(charts[1]) == ["train loss", "val loss"]
+    assert chart_points(charts[1]) == [2, 2]  # two evaluations each
+    assert not refreshes(dom) and "status completed" in dom.find_all("p", "meta")[0].all_text
 
     drawn = archive.read(Trial(Store.at(str(run / "trials" / "main"))))
     rows = dom.find_all("table", "samples")[0].find_all("tbody")[0].find_all("tr")
@@ -129,14 +134,19 @@ def test_a_sweep_in_progress_gets_a_report_from_what_its_trials_stored(small_run
         ["main", "running", "-"],
         ["b0001", "running", "8"],
     ]
-    plots = dom.find_all("svg", "plot")
-    assert [p.attrs["aria-label"] for p in plots] == [
+    charts = dom.find_all("figure", "chart")
+    assert [c.attrs["data-title"] for c in charts] == [
         "val loss, every trial",
         "training speed",
         "trial main",
         "trial b0001",
     ]
-    assert [line.all_text for line in plots[0].find_all("polyline", "series")] == ["main", "b0001"]
+    assert chart_legend(charts[0]) == ["main", "b0001"] and chart_points(charts[0]) == [2, 1]
+    # One evaluation: a marked point on an axis from step 0, not a range around one step.
+    assert chart_points(charts[3]) == [1, 1] and chart_x_ticks(charts[3]) == ["0", "5", "10", "15", "20"]
+    labels = [t for c in charts for t in chart_ticks(c)]
+    assert labels and all(re.fullmatch(r"\d+(\.\d+)?k?", t) for t in labels), labels  # 1000, 1.2k: no 1e+03
+    assert refreshes(dom) == ["15"]  # a live run's report reloads itself
     assert links(dom) == []  # no best checkpoint yet
 
 

@@ -71,6 +71,22 @@ def test_bad_sampling_options_are_one_line_errors(trained_checkpoint):
         assert "Traceback" not in result.output
 
 
+def test_a_prime_file_starts_the_sample_from_the_files_text_newlines_included(trained_checkpoint, tmp_path):
+    prime = "ROMEO:\nO, she doth teach the torches to burn bright!\n\nJULIET:\n"
+    (tmp_path / "prime.txt").write_text(prime)
+    from_file = CliRunner().invoke(
+        cli, ["sample", str(trained_checkpoint), "--prime-file", str(tmp_path / "prime.txt"), "--seed", "2"]
+    )
+    given = CliRunner().invoke(cli, ["sample", str(trained_checkpoint), "--prime", prime, "--seed", "2"])
+    assert from_file.exit_code == 0 and from_file.output == given.output and from_file.output.startswith(prime)
+    for args, message in [
+        (["--prime-file", str(tmp_path / "none.txt")], "no such file"),
+        (["--prime-file", str(tmp_path / "prime.txt"), "--prime", "A"], "give --prime or --prime-file, not both"),
+    ]:
+        result = CliRunner().invoke(cli, ["sample", str(trained_checkpoint), *args])
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+
+
 def test_sampling_leaves_torch_settings_as_they_were_between_and_after_steps(trained_checkpoint):
     model, vocab, _ = load(str(trained_checkpoint))
     drawn = characters(model, vocab, "ROMEO:", 5, generator=torch.Generator().manual_seed(1))

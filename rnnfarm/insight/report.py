@@ -1,13 +1,17 @@
 """A run's report: one static HTML page (leaderboard, loss and speed plots, the best trial's samples across
 steps) and, beside it, the neuron and prediction pages of the best checkpoint. Every page is one file with
-inline CSS and SVG: it opens from a local folder or a pulled run, with no server and no network.
+inline CSS and SVG: it opens from a local folder or a pulled run, with no server and no network. While a
+run goes on, its driver rewrites the report after every evaluation (``launch.progress``), and the page
+reloads itself until the run has ended.
 
     <run>/report.html, <run>/report/neurons.html, <run>/report/predictions.html
 """
 
 from __future__ import annotations
 
+import math
 import statistics
+import time
 from html import escape
 from typing import Any
 
@@ -23,13 +27,21 @@ from ..runs.state import TrialState, trial_state
 from ..storage import Store
 from ..tables import cell
 from ..units import bits
-from . import ngram, pages, viz
+from . import charts, ngram, pages, viz
 from .sample import load
 
 REPORT = REPORT_PAGE
 NEURONS, PREDICTIONS = f"{REPORT_FOLDER}/neurons.html", f"{REPORT_FOLDER}/predictions.html"
 TEXT_CHARS = 1200  # how much text the neuron and prediction pages show
 TOP_CELLS = 8
+EVOLUTION_CHARS = 120  # of each sample in the evolution view, newlines shown as ↵
+REFRESH_S = 15  # how often a live run's report reloads itself
+
+
+STYLE = """
+table.evolution td { padding: 1px 9px; } code.evolving { font: 12px ui-monospace, "DejaVu Sans Mono", monospace;
+  white-space: pre; }
+"""
 
 
 def val_excerpt(run: Run, record: dict[str, Any], chars: int) -> str | None:
@@ -103,8 +115,8 @@ def plots(order: list[str], metrics: dict[str, list[dict[str, Any]]]) -> str:
 
     overview = []
     if len(order) > 1:
-        overview.append(pages.line_plot(series("val_loss"), "val loss, every trial", "step", "nats/char"))
-    overview.append(pages.line_plot(series("chars_per_s"), "training speed", "step", "chars/s"))
+        overview.append(charts.line_chart(series("val_loss"), "val loss, every trial", "nats/char", log_y=True))
+    overview.append(charts.line_chart(series("chars_per_s"), "training speed", "chars/s"))
     per_trial = []
     for t in order:
         steps = [m["step"] for m in metrics[t]]
@@ -112,10 +124,27 @@ def plots(order: list[str], metrics: dict[str, list[dict[str, Any]]]) -> str:
             ("train loss", steps, [m.get("train_loss") for m in metrics[t]]),
             ("val loss", steps, [m.get("val_loss") for m in metrics[t]]),
         ]
-        per_trial.append(pages.line_plot(lines, f"trial {t}", "step", "nats/char", width=380, height=230))
+        per_trial.append(charts.line_chart(lines, f"trial {t}", "nats/char", log_y=True, width=380, height=230))
     return (
         f"<div class=plots>{''.join(overview)}</div>"
-        f"<h2>Train and val loss of each trial</h2><div class=plots>{''.join(per_trial)}</div>"
+        f"<h2>Train and val loss of each trial (log scale)</h2><div class=plots>{''.join(per_trial)}</div>"
+    )
+
+
+def evolution(rows: list[dict[str, Any]], temperature: float) -> str:
+    """One temperature's samples at every step, one short line each beside its val loss: noise, words, speakers."""
+    drawn = sorted((r for r in rows if math.isclose(r["temperature"], temperature)), key=lambda r: r["step"])
+    if not drawn:
+        return ""
+    lines = "".join(
+        f"<tr><td class=num>{r['step']}</td><td class=num>{r['val_loss']:.3f}</td>"
+        f"<td><code class=evolving>{escape((r['prime'] + r['text'])[:EVOLUTION_CHARS]).replace(chr(10), '↵')}</code>"
+        "</td></tr>"
+        for r in drawn
+    )
+    return (
+        f"<table class=evolution><thead><tr><th>step</th><th>val loss</th><th>sample at temperature {temperature:g}"
+        f"</th></tr></thead><tbody>{lines}</tbody></table>"
     )
 
 
@@ -188,6 +217,11 @@ def render(run: Run, text: str | None = None) -> dict[str, str]:
         for name, label in ((NEURONS, "neurons"), (PREDICTIONS, "predictions"))
         if name in extra
     )
+    live = record.get("status") == "running"
+    if live:
+        facts.insert(1, f"updated {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC, reloads every {REFRESH_S}s")
+    temperatures = sorted({r["temperature"] for r in best_samples})
+    shown_t = min(temperatures, key=lambda t: abs(t - 0.8)) if temperatures else None  # as `rnnfarm run` shows
     body = [
         f"<h1>Run {escape(run.name)}</h1>",
         f"<p class=meta>{' · '.join(facts)}</p>",
@@ -196,10 +230,13 @@ def render(run: Run, text: str | None = None) -> dict[str, str]:
         leaderboard_table(rows, metrics),
         "<h2>Loss and speed</h2>",
         plots(order, metrics),
-        f"<h2>Samples of trial {escape(str(best_trial))} as it trained</h2>",
+        f"<h2>Samples of trial {escape(str(best_trial))} evolving as it trained</h2>",
+        evolution(best_samples, shown_t) if shown_t is not None else "",
+        "<h2>Every sample</h2>",
         samples_section(best_samples),
     ]
-    return {**extra, REPORT: pages.page(f"rnnfarm run {run.name}", "\n".join(body))}
+    html = pages.page(f"rnnfarm run {run.name}", "\n".join(body), STYLE, refresh_s=REFRESH_S if live else None)
+    return {**extra, REPORT: html}
 
 
 def write(run: Run, dest: Store | None = None, text: str | None = None) -> Store:
@@ -208,6 +245,14 @@ def write(run: Run, dest: Store | None = None, text: str | None = None) -> Store
     for name, html in render(run, text).items():
         (dest / name).write_text(html)
     return dest / REPORT
+
+
+def write_live(run: Run) -> None:
+    """Rewrite the report of a run that goes on (after each evaluation); a failure only waits for the next."""
+    try:
+        write(run)
+    except Exception as exc:  # the next evaluation, or the run's end, writes it again
+        log.get("rnnfarm.report").debug("live report not written", run=run.name, error=str(exc))
 
 
 def publish(run: Run) -> None:

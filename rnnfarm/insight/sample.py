@@ -17,7 +17,7 @@ from ..errors import UserError
 from ..layout import Run
 from ..runs.leaderboard import best_checkpoint
 from ..runs.record import require
-from ..storage import Store, is_local, verify_sha256
+from ..storage import Store, is_local, text_file, verify_sha256
 
 
 def verified(folder: Path) -> Path:
@@ -74,6 +74,14 @@ def load(target: str, options: dict | None = None, trial: str | None = None) -> 
     """The model, vocabulary and metadata of the checkpoint ``target`` names (see ``local_checkpoint``)."""
     with local_checkpoint(target, options, trial) as folder:
         return checkpoint.load_model(folder)
+
+
+def read_prime(source: str) -> str:
+    """The text of a prime file (a path or any storage URL), as it is: a long or multi-line prime needs no quoting."""
+    text = text_file(source, "--prime-file")
+    if not text:
+        raise UserError(f"--prime-file {source}: the file is empty: give the text to start from")
+    return text
 
 
 def check(prime: str, temperature: float) -> None:

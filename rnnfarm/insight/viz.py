@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from ..corpus.vocab import Vocab, codepoints, utf8_bytes
 from ..engine.model import CharRNN
 from ..errors import UserError
-from ..storage import Store
+from ..storage import text_file
 from . import pages
 
 SIGNALS = {
@@ -82,15 +82,7 @@ class Trace:
 
 def read_text(source: str, max_chars: int) -> tuple[str, int]:
     """The first ``max_chars`` characters of a text file (a path or any storage URL), and its full length."""
-    store = Store.at(source)
-    if not store.exists():
-        raise UserError(f"--text {source}: no such file: give a UTF-8 text file")
-    try:
-        text = store.read_text()
-    except UnicodeDecodeError:
-        raise UserError(f"--text {source}: not UTF-8 text") from None
-    except IsADirectoryError:
-        raise UserError(f"--text {source}: a folder, not a text file") from None
+    text = text_file(source, "--text")
     return text[:max_chars], len(text)
 
 

@@ -1,9 +1,9 @@
-"""Progress of a run started from a terminal: a line per evaluation of each trial (step, losses, chars/s, ETA).
+"""Following a run from its driver: what its trials store shows on the terminal and in the live report.
 
-Training happens in Ray's workers while the driver waits; a background thread in the driver follows the
-metrics objects the trials write to storage (``layout.Trial.metrics``), so what it shows
-is what was stored. Lines, not a redrawn bar: Ray prints the workers' own log lines to the same terminal.
-Nothing is shown when stderr is not a terminal: the JSON log lines carry the same events there.
+Training happens in Ray's workers while the driver waits; a background thread in the driver polls the
+evaluations the trials store (``layout.Trial.evaluations``), so what it shows is what was stored. Each new
+evaluation updates the live display (on a terminal: ``display.Terminal``) and rewrites the run's report,
+which can then be opened while the run goes on. The workers never touch the report.
 """
 
 from __future__ import annotations
@@ -11,106 +11,109 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any, TextIO
 
 from .. import log
+from ..insight import report
 from ..layout import Run
-from ..runs.state import status
 from ..spec import JobSpec
+from .display import Terminal
 
-BAR = 20
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+ATTACH_EVERY = 0.2  # seconds between looks for Ray's start, to route its workers' lines from the first
+# The live report takes at most this share of the driver's time: after a write that took t seconds, the
+# next waits 1/share * t, and the evaluations stored meanwhile go into it (a 64-trial report takes seconds).
+REPORT_SHARE = 0.1
 
 
-def _rate(m: dict[str, Any], previous: dict[str, Any] | None) -> float | None:
-    """Steps per second of wall time, evaluations included: between the last two evaluations when the
-    clock ran on between them (not across a resume), else from the training speed alone."""
-    if previous is not None and m["elapsed_s"] > previous["elapsed_s"] and m["step"] > previous["step"]:
-        return (m["step"] - previous["step"]) / (m["elapsed_s"] - previous["elapsed_s"])
-    if m.get("chars_per_s") and m.get("chars") and m["step"]:
-        return m["chars_per_s"] / (m["chars"] / m["step"])
-    return None
+class Follower:
+    """The evaluations a run's trials have stored since it started following, passed on as they come."""
 
-
-def line(trial: str, m: dict[str, Any], previous: dict[str, Any] | None, steps: int) -> str:
-    """One evaluation of one trial, as the progress display shows it."""
-    done = min(1.0, m["step"] / steps)
-    filled = round(done * BAR)
-    rate = _rate(m, previous)
-    eta = "ETA -" if rate is None else f"ETA {_duration((steps - m['step']) / rate)}"
-    return (
-        f"[{trial}] step {m['step']}/{steps} {done:4.0%} |{'#' * filled}{'.' * (BAR - filled)}| "
-        f"train {m['train_loss']:.3f} val {m['val_loss']:.3f} nats/char · {m['chars_per_s'] / 1000:,.1f}k chars/s · "
-        + ("done" if status(m["step"], target=steps) == "completed" else eta)
-    )
-
-
-class Progress:
-    """What a run's trials have stored since the display started, as lines to show."""
-
-    def __init__(self, run: Run, steps: int) -> None:
-        self.run, self.steps = run, steps
-        self.shown: set[str] = set()
-        self.latest: dict[str, dict[str, Any]] = {}
-
-    def _new(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
-        for trial in self.run.trials():
-            for item in self.run.trial(trial).metrics_files():
-                key = f"{trial}/{item.name}"
-                if key not in self.shown:
-                    yield trial, key, item.read_json()
+    def __init__(self, run: Run, terminal: Terminal | None) -> None:
+        self.run, self.terminal = run, terminal
+        self.seen: dict[str, int] = {}  # trial -> last step passed on
+        self.reported = False
+        self.pending = False  # evaluations stored since the live report was last written
+        self.next_report = 0.0  # time.monotonic() from which it may be written again
 
     def skip_existing(self) -> None:
-        """Take what is already stored (an earlier, resumed attempt) as seen: it only informs the rates."""
-        for trial, key, m in self._new():
-            self.shown.add(key)
-            if m["step"] >= self.latest.get(trial, {}).get("step", -1):
-                self.latest[trial] = m
+        """What an earlier, resumed attempt stored informs the display (best, rates) but is not news."""
+        for trial in self.run.trials():
+            for m in self.run.trial(trial).evaluations():
+                self._show(trial, m)
 
-    def poll(self) -> list[str]:
-        """Lines for the evaluations stored since the last poll, by trial then step."""
-        lines = []
-        for trial, key, m in sorted(self._new(), key=lambda t: (t[0], t[2]["step"])):
-            lines.append(line(trial, m, self.latest.get(trial), self.steps))
-            self.shown.add(key)
-            self.latest[trial] = m
-        return lines
+    def _show(self, trial: str, m: dict[str, Any]) -> None:
+        self.seen[trial] = m["step"]
+        if self.terminal is not None:
+            self.terminal.display.evaluated(trial, m)
+
+    def poll(self) -> int:
+        """Pass on the evaluations stored since the last poll; rewrite the report when there were any (or
+        when some came while the last write's share of time ran)."""
+        if self.terminal is not None:
+            self.terminal.attach_ray()
+        new = 0
+        for trial in self.run.trials():
+            for m in self.run.trial(trial).evaluations():
+                if m["step"] > self.seen.get(trial, -1):
+                    self._show(trial, m)
+                    new += 1
+        self.pending = self.pending or new > 0
+        if self.pending and time.monotonic() >= self.next_report:
+            started = time.monotonic()
+            report.write_live(self.run)
+            self.next_report = time.monotonic() + (time.monotonic() - started) / REPORT_SHARE
+            self.pending, self.reported = False, True
+        if self.terminal is not None:
+            self.terminal.file.sync()
+        return new
 
 
 @contextlib.contextmanager
-def follow(run: Run, spec: JobSpec, out: TextIO | None = None, interval: float = 2.0) -> Iterator[Progress | None]:
-    """Show the run's progress on ``out`` (stderr) while the block runs, when it is a terminal and the run local."""
+def follow(
+    run: Run, spec: JobSpec, *, verbose: bool = False, out: TextIO | None = None, interval: float = 2.0
+) -> Iterator[Follower | None]:
+    """Follow the run while the block runs (a run on this machine's Ray: ``local`` or ``auto``); on a terminal
+    (``out``, stderr by default) with the live display and the log routing of ``display.Terminal``."""
     out = out or sys.stderr
-    if not out.isatty() or spec.cluster.address != "local":
+    if spec.cluster.address not in ("local", "auto"):
         yield None
         return
-    progress, stop = Progress(run, spec.train.steps), threading.Event()
+    terminal = None
+    if out.isatty() and log.log_format() == "console":
+        from rich.console import Console
 
-    def show() -> None:
+        terminal = Terminal(run, spec, verbose=verbose, console=Console(file=out))
+        terminal.start()
+    follower, stop = Follower(run, terminal), threading.Event()
+
+    def poll() -> None:
         try:
-            for text in progress.poll():
-                print(text, file=out, flush=True)
+            follower.poll()
         except Exception as exc:  # storage hiccups only delay the display; training goes on regardless
             log.get("rnnfarm.progress").debug("progress poll failed", error=str(exc))
 
     def loop() -> None:
         with contextlib.suppress(Exception):
-            progress.skip_existing()
-        while not stop.wait(interval):
-            show()
+            follower.skip_existing()
+        last = time.monotonic()
+        while not stop.wait(ATTACH_EVERY):
+            if terminal is not None:  # soon after ray.init, before the workers' first lines arrive
+                terminal.attach_ray()
+            if time.monotonic() - last >= interval:
+                poll()
+                last = time.monotonic()
 
     thread = threading.Thread(target=loop, name="rnnfarm-progress", daemon=True)
     thread.start()
     try:
-        yield progress
+        yield follower
     finally:
         stop.set()
         thread.join()
-        show()
+        poll()
+        if follower.reported:  # a live report may have landed after the final one: write the run's state again
+            report.write_live(run)
+        if terminal is not None:
+            terminal.stop()

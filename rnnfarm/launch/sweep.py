@@ -96,11 +96,16 @@ def driver(config: dict[str, Any], *, base: JobSpec, corpus: Store, run: Run, lo
 
 
 class TrialEnds(tune.Callback):
-    """Logs each trial's end (``trial ended``) when the scheduler ends it, not when the whole sweep does, with
-    its state as stored (``runs.state``)."""
+    """Logs each trial's start with its settings (``trial started``) and its end (``trial ended``, with its
+    state as stored: ``runs.state``) when the scheduler ends it, not when the whole sweep does: the terminal's
+    trials table follows these events."""
 
     def __init__(self, run: Run, steps: int) -> None:
         self.run, self.steps = run, steps
+
+    def on_trial_start(self, iteration: int, trials: list, trial: tune.experiment.Trial, **info: Any) -> None:
+        settings = settings_of(trial.config or {})
+        log.get("rnnfarm.tune").info("trial started", run=self.run, trial=trial.trial_id, settings=settings)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: tune.experiment.Trial, **info: Any) -> None:
         self._log(trial, failed=False)
