@@ -18,6 +18,7 @@ from pathlib import Path
 from rnnfarm import log, spec
 from rnnfarm.corpus.build import build
 from rnnfarm.engine.loop import Job, LocalSession, train
+from rnnfarm.layout import Trial
 from rnnfarm.storage import Store
 
 
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace, built, precision: str) -> list[dict]:
     )
     with tempfile.TemporaryDirectory(prefix="rnnfarm-bench-") as tmp:
         session = LocalSession(Path(tmp) / "checkpoints", device=args.device)
-        train(Job(job, built.folder, Store.at(tmp) / "trial"), session)
+        train(Job(job, built.folder, Trial(Store.at(tmp) / "trial")), session)
     return session.reports
 
 

@@ -38,6 +38,7 @@ from rnnfarm.corpus.build import build
 from rnnfarm.corpus.vocab import Vocab
 from rnnfarm.engine.loop import Job, LocalSession, autocast_dtype, train
 from rnnfarm.engine.streams import load_tokens
+from rnnfarm.layout import Trial
 from rnnfarm.storage import Store
 
 SEED, LR = 1337, 2e-3  # both loops start from the same weights and take the same steps
@@ -74,7 +75,7 @@ def rnnfarm_loop(args: argparse.Namespace, built, layers: int, hidden: int) -> t
     job = job_spec(args, layers, hidden)
     with tempfile.TemporaryDirectory(prefix="rnnfarm-bench-") as tmp:
         session = LocalSession(Path(tmp) / "checkpoints", device=args.device)
-        metrics = train(Job(job, built.folder, Store.at(tmp) / "trial"), session)
+        metrics = train(Job(job, built.folder, Trial(Store.at(tmp) / "trial")), session)
     return metrics["chars_per_s"], args.batch * args.seq_len / metrics["step_cpu_s"]
 
 
@@ -83,9 +84,9 @@ def rnnfarm_losses(args: argparse.Namespace, built, layers: int, hidden: int, st
     job = job_spec(args, layers, hidden)
     job = job.model_copy(update={"train": job.train.model_copy(update={"steps": steps, "eval_every": 1})})
     with tempfile.TemporaryDirectory(prefix="rnnfarm-bench-") as tmp:
-        trial = Store.at(tmp) / "trial"
+        trial = Trial(Store.at(tmp) / "trial")
         train(Job(job, built.folder, trial), LocalSession(Path(tmp) / "checkpoints", device=args.device))
-        return [(trial / "metrics" / f"step-{s:06d}.json").read_json()["train_loss"] for s in range(1, steps + 1)]
+        return [trial.metrics(s).read_json()["train_loss"] for s in range(1, steps + 1)]
 
 
 class PlainLSTM(nn.Module):

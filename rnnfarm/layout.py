@@ -32,7 +32,7 @@ BEST_SAMPLES = "samples.json"  # best/: the samples drawn at the promoted checkp
 METRICS, SAMPLES = "metrics", "samples"
 RUNS, TRIALS, BEST = "runs", "trials", "best"
 # Ray Train's checkpoint manager writes this file, which is not a public Ray API: Trial.registered reads it,
-# and tests/test_reliability.py fails loudly if a Ray upgrade changes its format.
+# and tests/test_layout.py fails loudly if a Ray upgrade changes its format.
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
 
 
@@ -200,10 +200,6 @@ class Run:
     @property
     def report_page(self) -> Store:
         return self.store / REPORT_PAGE
-
-    @property
-    def experiment(self) -> Store:
-        return self.store / EXPERIMENT
 
     def info(self) -> dict[str, Any] | None:
         """The run's record, None when there is none."""
