@@ -14,6 +14,7 @@ from rnnfarm import log
 from rnnfarm.engine.loop import Job, LocalSession, train
 from rnnfarm.launch import display, progress
 from rnnfarm.layout import Run
+from rnnfarm.runs import record
 from rnnfarm.storage import Store
 
 from .conftest import make_spec
@@ -23,7 +24,7 @@ def trained(shakespeare, tmp_path, steps: int, *, begin: bool = True) -> tuple[R
     job_spec = make_spec(str(tmp_path / "storage"), train={"steps": steps, "eval_every": 20})
     run = Run.under(Store.at(job_spec.storage), "tiny")
     if begin:  # the run's record, which the report reads
-        run.begin(job_spec, {"name": "shakespeare", "url": shakespeare.folder.url})
+        record.begin(run, job_spec, {"name": "shakespeare", "url": shakespeare.folder.url})
     return run, Job(job_spec, shakespeare.folder, run.trial())
 
 
