@@ -12,6 +12,7 @@ import s3fs
 import yaml
 from click.testing import CliRunner
 
+from rnnfarm import spec
 from rnnfarm.cli import cli
 from rnnfarm.corpus import shards
 from rnnfarm.insight import report
@@ -199,5 +200,6 @@ def test_the_report_and_run_summary_show_the_corpus_n_gram_baseline_once_it_is_s
     assert expected in meta and "order 4 interpolated Kneser-Ney" in meta
 
     the_run = Run(Store.at(str(copy)))
-    print_outcome(Outcome(the_run, require(the_run), leaderboard.read(the_run)))
+    job_spec = spec.load(the_run.spec_file.url)  # the run's own spec, as stored with it
+    print_outcome(Outcome(the_run, require(the_run), leaderboard.read(the_run)), job_spec)
     assert expected in capsys.readouterr().out
