@@ -58,6 +58,18 @@ class ModelSpec(Section):
     hidden: Positive = 256
     embedding: Positive = 64
     dropout: Fraction = 0.0
+    weight_drop: Fraction = Field(
+        0.0, description="DropConnect on the recurrent matrices: a fraction of their weights, resampled every step"
+    )
+    dropout_input: Fraction = Field(
+        0.0, description="locked dropout on the embedded input: one mask per sequence, the same at every step"
+    )
+    dropout_between: Fraction = Field(
+        0.0, description="locked dropout on the output of each recurrent layer but the last: one mask per sequence"
+    )
+    dropout_embedding: Fraction = Field(
+        0.0, description="drops whole symbols: a fraction of the embedding's rows is zeroed for a training step"
+    )
 
 
 class TrainSpec(Section):
@@ -211,6 +223,10 @@ TUNABLE = (
     "model.hidden",
     "model.embedding",
     "model.dropout",
+    "model.weight_drop",
+    "model.dropout_input",
+    "model.dropout_between",
+    "model.dropout_embedding",
     "train.lr",
     "train.seq_len",
     "train.batch_size",
