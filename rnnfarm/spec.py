@@ -72,6 +72,14 @@ class ModelSpec(Section):
     )
 
 
+class AverageSpec(Section):
+    """Weight averaging: evaluation, the best checkpoint and sampling use the averaged weights."""
+
+    kind: Literal["none", "ema", "swa"] = Field("none", description="ema: a moving average; swa: a mean from start on")
+    decay: float = Field(0.999, gt=0, lt=1, description="ema: the weight the average keeps at each step")
+    start: int = Field(0, ge=0, description="swa: the step after which the weights are averaged")
+
+
 class TrainSpec(Section):
     """Per-worker batch and the optimization schedule."""
 
@@ -103,6 +111,7 @@ class TrainSpec(Section):
     )
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     seed: int = 1337
+    average: AverageSpec = Field(default_factory=AverageSpec, description="weight averaging (ema or swa)")
 
     @model_validator(mode="after")
     def _warmup_within_steps(self) -> TrainSpec:
@@ -231,6 +240,9 @@ TUNABLE = (
     "train.seq_len",
     "train.batch_size",
     "train.weight_decay",
+    "train.average.kind",
+    "train.average.decay",
+    "train.average.start",
 )
 
 
@@ -306,8 +318,11 @@ def apply_settings(data: dict[str, Any], settings: dict[str, Any]) -> dict[str, 
     """A copy of a spec's data with dotted settings (``model.hidden: 256``) applied."""
     data = copy.deepcopy(data)
     for key, value in settings.items():
-        section, field = key.split(".", 1)
-        data.setdefault(section, {})[field] = value
+        *sections, field = key.split(".")
+        where = data
+        for section in sections:
+            where = where.setdefault(section, {})
+        where[field] = value
     return data
 
 
