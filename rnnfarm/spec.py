@@ -120,6 +120,13 @@ class TrainSpec(Section):
         return self
 
 
+class EvalSpec(Section):
+    """How a split is cut for evaluation: the same whatever the batch and the workers, so losses compare."""
+
+    streams: Positive = Field(64, description="contiguous streams the split is cut into, shared among the workers")
+    warmup: int = Field(0, ge=0, description="targets at the start of each stream that build up the state, unscored")
+
+
 class SampleSpec(Section):
     """What to generate at each evaluation."""
 
@@ -286,6 +293,7 @@ class JobSpec(Section):
     corpus: CorpusSpec = Field(default_factory=CorpusSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
     samples: SampleSpec = Field(default_factory=SampleSpec)
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
     tune: TuneSpec | None = None

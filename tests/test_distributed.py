@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rnnfarm.engine.loop import Job, LocalSession, train
+from rnnfarm.engine.loop import Job, LocalSession, evaluate_split, train
 from rnnfarm.engine.model import CharRNN
 from rnnfarm.launch import pipeline
 from rnnfarm.layout import Run
@@ -36,6 +36,7 @@ def spec_for(storage: Path, workers: int, batch: int, **train_options):
         model=MODEL,
         train={"batch_size": batch, "seq_len": 32, "precision": "fp32", "warmup_steps": 0, **train_options},
         cluster={"workers": workers},
+        eval={"streams": 7, "warmup": 4},  # not divisible by the workers: each rank's share differs
     )
 
 
@@ -69,6 +70,13 @@ def test_two_workers_with_batch_b_reach_the_weights_of_one_worker_with_batch_2b(
     moved = max_difference(weights(folder), start)
     assert max_difference(two_workers, weights(folder)) < 5e-5 < 1e-2 < moved
     assert max_difference(weights(half), weights(folder)) > 1e-3  # half the batch is measurably another run
+
+    # The val loss the two workers reported (7 streams shared 3 + 4) is the checkpoint's on one worker, 7 streams
+    reported = outcome.run.trial().metrics(5).read_json()["val_loss"]
+    one_job = Job(spec_for(tmp_path / "ray", 1, 16, **steps), shakespeare.folder, outcome.run.trial())
+    assert evaluate_split(one_job, Path(outcome.run.trial().url) / "checkpoint-000005", "val") == pytest.approx(
+        reported, rel=1e-7
+    )
 
 
 @pytest.mark.parametrize("grad_clip", [None, 0.05], ids=["unclipped", "clipped"])
