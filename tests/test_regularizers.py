@@ -56,3 +56,17 @@ def test_every_regularizer_on_still_runs_the_fused_recurrent_kernel():
     names = {e.name for e in prof.events()}
     assert names & {"aten::mkldnn_rnn_layer", "aten::_cudnn_rnn"}, names
     assert "aten::lstm_cell" not in names
+
+
+def test_embedding_dropout_drops_a_symbol_at_every_position_it_takes():
+    m, seen = model(dropout_embedding=0.5), []
+    m.rnn.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    x = torch.arange(11).repeat(4, 3)  # every symbol at 12 positions
+    m(x)
+    embedded = seen[0].flatten(0, 1)
+    dropped = {int(s) for s, row in zip(x.flatten(), embedded, strict=True) if not row.any()}
+    assert 0 < len(dropped) < 11
+    for s, row in zip(x.flatten(), embedded, strict=True):
+        assert (int(s) in dropped) == (not row.any())
+        if int(s) not in dropped:
+            assert torch.allclose(row, m.embed.weight[s] * 2)
