@@ -22,7 +22,7 @@ from rnnfarm.engine.loop import Job, LocalSession, evaluate_split, train
 from rnnfarm.engine.model import CharRNN
 from rnnfarm.launch import pipeline
 from rnnfarm.layout import Run
-from rnnfarm.spec import ModelSpec
+from rnnfarm.spec import EvalSpec, ModelSpec
 from rnnfarm.storage import Store
 
 from .conftest import make_spec
@@ -36,7 +36,6 @@ def spec_for(storage: Path, workers: int, batch: int, **train_options):
         model=MODEL,
         train={"batch_size": batch, "seq_len": 32, "precision": "fp32", "warmup_steps": 0, **train_options},
         cluster={"workers": workers},
-        eval={"streams": 7, "warmup": 4},  # not divisible by the workers: each rank's share differs
     )
 
 
@@ -59,7 +58,8 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
 
 def test_two_workers_with_batch_b_reach_the_weights_of_one_worker_with_batch_2b(ray_local, shakespeare, tmp_path):
     steps = {"steps": 5, "eval_every": 5}
-    outcome = pipeline.run(spec_for(tmp_path / "ray", workers=2, batch=8, **steps))
+    uneven = {"eval": EvalSpec(streams=7, warmup=4)}  # 7 evaluation streams: not divisible by the workers
+    outcome = pipeline.run(spec_for(tmp_path / "ray", workers=2, batch=8, **steps).model_copy(update=uneven))
     assert outcome.record["status"] == "completed"
     two_workers = weights(Path(outcome.run.trial().url) / "checkpoint-000005")
 
@@ -73,7 +73,8 @@ def test_two_workers_with_batch_b_reach_the_weights_of_one_worker_with_batch_2b(
 
     # The val loss the two workers reported (7 streams shared 3 + 4) is the checkpoint's on one worker, 7 streams
     reported = outcome.run.trial().metrics(5).read_json()["val_loss"]
-    one_job = Job(spec_for(tmp_path / "ray", 1, 16, **steps), shakespeare.folder, outcome.run.trial())
+    one_worker = spec_for(tmp_path / "ray", 1, 16, **steps).model_copy(update=uneven)
+    one_job = Job(one_worker, shakespeare.folder, outcome.run.trial())
     assert evaluate_split(one_job, Path(outcome.run.trial().url) / "checkpoint-000005", "val") == pytest.approx(
         reported, rel=1e-7
     )
