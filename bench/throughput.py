@@ -15,6 +15,10 @@ the same ratio in chars per CPU-second of the process, which time spent waiting 
 inflate.
 
     .venv/bin/python bench/throughput.py --sizes 2x128,2x512,3x512 --precision fp32 --reps 3
+
+``--regularize P`` runs rnnfarm's loop with every regularizer of the model at P (weight drop, locked dropout
+on the input and between layers, embedding dropout) against the same plain, unregularized loop: the cost of
+the regularizers. Its losses differ from the plain loop's by design, so the first-steps check only warms up.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from rnnfarm.storage import Store
 
 SEED, LR = 1337, 2e-3  # both loops start from the same weights and take the same steps
 CHECKED_STEPS = 3  # steps whose losses must agree between the loops
+REGULARIZERS = ("weight_drop", "dropout_input", "dropout_between", "dropout_embedding")
 
 
 def job_spec(args: argparse.Namespace, layers: int, hidden: int) -> spec.JobSpec:
@@ -51,7 +56,13 @@ def job_spec(args: argparse.Namespace, layers: int, hidden: int) -> spec.JobSpec
             "name": "bench",
             "storage": args.storage,
             "corpus": {"name": "shakespeare", "val": 0.01},  # a short val split: the final evaluation is not timed
-            "model": {"layers": layers, "hidden": hidden, "embedding": args.embedding, "dropout": 0.0},
+            "model": {
+                "layers": layers,
+                "hidden": hidden,
+                "embedding": args.embedding,
+                "dropout": 0.0,
+                **{field: args.regularize for field in REGULARIZERS},
+            },
             "train": {
                 "steps": args.steps,
                 "batch_size": args.batch,
@@ -150,6 +161,8 @@ def same_losses(args: argparse.Namespace, built, tokens: torch.Tensor, vocab: in
     finally:
         args.steps = steps
     tolerance = 1e-5 if args.precision == "fp32" else 1e-3
+    if args.regularize:
+        return
     if not all(math.isclose(a, b, rel_tol=tolerance) for a, b in zip(ours, theirs, strict=True)):
         raise AssertionError(f"{layers}x{hidden}: the loops' first losses differ: rnnfarm {ours}, plain {theirs}")
 
@@ -166,6 +179,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--storage", default="./rnnfarm-data")
+    parser.add_argument("--regularize", type=float, default=0.0, help="every regularizer of rnnfarm's model at this")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     log.configure("json", level=40)
@@ -179,7 +193,8 @@ def main() -> None:
     # The first loop in a process pays one-off costs (kernel selection, allocator growth): the check warms both up.
     for L, H in sizes:
         same_losses(args, built, tokens, len(vocab), L, H)
-    print(f"both loops' first {CHECKED_STEPS} losses agree at every size", file=sys.stderr)
+    if not args.regularize:
+        print(f"both loops' first {CHECKED_STEPS} losses agree at every size", file=sys.stderr)
     figures: dict[str, dict[str, list[tuple[float, float]]]] = {
         f"{L}x{H}": {"rnnfarm": [], "plain": []} for L, H in sizes
     }
@@ -199,6 +214,7 @@ def main() -> None:
     print(
         f"\n{device}, {args.precision}, batch {args.batch} x seq_len {args.seq_len}, {args.threads} thread(s), "
         f"{args.steps} steps x {args.reps} reps"
+        + (f", rnnfarm with every regularizer at {args.regularize:g}" if args.regularize else "")
     )
     print(f"{'model':>8} {'rnnfarm chars/s':>16} {'plain chars/s':>14} {'ratio':>6} {'range':>13} {'per CPU-s':>9}")
     rows = []
@@ -215,7 +231,11 @@ def main() -> None:
             {"model": size, "rnnfarm": ours, "plain": theirs, "ratio": ratio, "cpu_ratio": cpu_ratio, "runs": runs}
         )
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": device, "precision": args.precision, "rows": rows}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {"device": device, "precision": args.precision, "regularize": args.regularize, "rows": rows}, indent=2
+            )
+        )
 
 
 if __name__ == "__main__":

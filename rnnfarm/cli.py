@@ -251,6 +251,25 @@ def generate_text(
             click.echo(prime + "".join(drawn))
 
 
+@cli.command("evaluate")
+@click.argument("target")
+@click.option("--split", type=click.Choice(["val", "test"]), default="val", show_default=True)
+@click.option("--trial", help="A trial of the run TARGET: its best kept checkpoint instead of the run's best.")
+@click.option("--storage", help="Where the checkpoint's corpus is (default: the storage its spec names).")
+@_guarded
+def evaluate_command(target: str, split: str, trial: str | None, storage: str | None) -> None:
+    """Print the loss of TARGET (a checkpoint folder, or a run: its best checkpoint) on a split of its corpus,
+    cut as the spec's eval section says: the same whatever the batch and workers it was trained with."""
+    from .insight.evaluate import checkpoint_loss
+    from .units import bits
+
+    scored = checkpoint_loss(target, split=split, trial=trial, storage=storage)
+    click.echo(
+        f"{split} loss {scored.loss:.4f} nats/char ({bits(scored.loss):.4f} bits/char) at step {scored.step} "
+        f"({scored.streams} streams, {scored.warmup} warm-up targets each)"
+    )
+
+
 @cli.command()
 @click.argument("target")
 @click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True, help="Copies of the model.")

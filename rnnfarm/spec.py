@@ -58,6 +58,26 @@ class ModelSpec(Section):
     hidden: Positive = 256
     embedding: Positive = 64
     dropout: Fraction = 0.0
+    weight_drop: Fraction = Field(
+        0.0, description="DropConnect on the recurrent matrices: a fraction of their weights, resampled every step"
+    )
+    dropout_input: Fraction = Field(
+        0.0, description="locked dropout on the embedded input: one mask per sequence, the same at every step"
+    )
+    dropout_between: Fraction = Field(
+        0.0, description="locked dropout on the output of each recurrent layer but the last: one mask per sequence"
+    )
+    dropout_embedding: Fraction = Field(
+        0.0, description="drops whole symbols: a fraction of the embedding's rows is zeroed for a training step"
+    )
+
+
+class AverageSpec(Section):
+    """Weight averaging: evaluation, the best checkpoint and sampling use the averaged weights."""
+
+    kind: Literal["none", "ema", "swa"] = Field("none", description="ema: a moving average; swa: a mean from start on")
+    decay: float = Field(0.999, gt=0, lt=1, description="ema: the weight the average keeps at each step")
+    start: int = Field(0, ge=0, description="swa: the step after which the weights are averaged")
 
 
 class TrainSpec(Section):
@@ -91,12 +111,20 @@ class TrainSpec(Section):
     )
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     seed: int = 1337
+    average: AverageSpec = Field(default_factory=AverageSpec, description="weight averaging (ema or swa)")
 
     @model_validator(mode="after")
     def _warmup_within_steps(self) -> TrainSpec:
         if self.warmup_steps >= self.steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be < steps ({self.steps})")
         return self
+
+
+class EvalSpec(Section):
+    """How a split is cut for evaluation: the same whatever the batch and the workers, so losses compare."""
+
+    streams: Positive = Field(64, description="contiguous streams the split is cut into, shared among the workers")
+    warmup: int = Field(0, ge=0, description="targets at the start of each stream that build up the state, unscored")
 
 
 class SampleSpec(Section):
@@ -211,10 +239,17 @@ TUNABLE = (
     "model.hidden",
     "model.embedding",
     "model.dropout",
+    "model.weight_drop",
+    "model.dropout_input",
+    "model.dropout_between",
+    "model.dropout_embedding",
     "train.lr",
     "train.seq_len",
     "train.batch_size",
     "train.weight_decay",
+    "train.average.kind",
+    "train.average.decay",
+    "train.average.start",
 )
 
 
@@ -258,6 +293,7 @@ class JobSpec(Section):
     corpus: CorpusSpec = Field(default_factory=CorpusSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
     samples: SampleSpec = Field(default_factory=SampleSpec)
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
     tune: TuneSpec | None = None
@@ -290,8 +326,11 @@ def apply_settings(data: dict[str, Any], settings: dict[str, Any]) -> dict[str, 
     """A copy of a spec's data with dotted settings (``model.hidden: 256``) applied."""
     data = copy.deepcopy(data)
     for key, value in settings.items():
-        section, field = key.split(".", 1)
-        data.setdefault(section, {})[field] = value
+        *sections, field = key.split(".")
+        where = data
+        for section in sections:
+            where = where.setdefault(section, {})
+        where[field] = value
     return data
 
 

@@ -18,11 +18,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rnnfarm.engine.loop import Job, LocalSession, train
+from rnnfarm.engine.loop import Job, LocalSession, evaluate_split, train
 from rnnfarm.engine.model import CharRNN
 from rnnfarm.launch import pipeline
 from rnnfarm.layout import Run
-from rnnfarm.spec import ModelSpec
+from rnnfarm.spec import EvalSpec, ModelSpec
 from rnnfarm.storage import Store
 
 from .conftest import make_spec
@@ -58,7 +58,8 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
 
 def test_two_workers_with_batch_b_reach_the_weights_of_one_worker_with_batch_2b(ray_local, shakespeare, tmp_path):
     steps = {"steps": 5, "eval_every": 5}
-    outcome = pipeline.run(spec_for(tmp_path / "ray", workers=2, batch=8, **steps))
+    uneven = {"eval": EvalSpec(streams=7, warmup=4)}  # 7 evaluation streams: not divisible by the workers
+    outcome = pipeline.run(spec_for(tmp_path / "ray", workers=2, batch=8, **steps).model_copy(update=uneven))
     assert outcome.record["status"] == "completed"
     two_workers = weights(Path(outcome.run.trial().url) / "checkpoint-000005")
 
@@ -69,6 +70,14 @@ def test_two_workers_with_batch_b_reach_the_weights_of_one_worker_with_batch_2b(
     moved = max_difference(weights(folder), start)
     assert max_difference(two_workers, weights(folder)) < 5e-5 < 1e-2 < moved
     assert max_difference(weights(half), weights(folder)) > 1e-3  # half the batch is measurably another run
+
+    # The val loss the two workers reported (7 streams shared 3 + 4) is the checkpoint's on one worker, 7 streams
+    reported = outcome.run.trial().metrics(5).read_json()["val_loss"]
+    one_worker = spec_for(tmp_path / "ray", 1, 16, **steps).model_copy(update=uneven)
+    one_job = Job(one_worker, shakespeare.folder, outcome.run.trial())
+    assert evaluate_split(one_job, Path(outcome.run.trial().url) / "checkpoint-000005", "val") == pytest.approx(
+        reported, rel=1e-7
+    )
 
 
 @pytest.mark.parametrize("grad_clip", [None, 0.05], ids=["unclipped", "clipped"])

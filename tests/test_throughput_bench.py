@@ -33,7 +33,7 @@ def setting(throughput, tmp_path_factory):
     """The benchmark's corpus (tiny Shakespeare, val 0.01) and train tokens, at a tiny batch and width."""
     args = argparse.Namespace(
         storage=str(tmp_path_factory.mktemp("bench")), embedding=8, steps=5, batch=4, seq_len=16,
-        precision="fp32", threads=1, device="cpu",
+        precision="fp32", threads=1, device="cpu", regularize=0.0,
     )  # fmt: skip
     built = build(Store.at(args.storage), throughput.job_spec(args, 1, 1).corpus)
     vocab = Vocab.from_json(built.manifest["vocab"])

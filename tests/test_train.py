@@ -139,3 +139,45 @@ def test_adamw_decays_the_weight_matrices_and_leaves_the_biases_alone():
     for name, p in model.named_parameters():
         expected = before[name] * (1 - 0.1 * 0.5) if p.dim() >= 2 else before[name]
         torch.testing.assert_close(p.detach(), expected, msg=name)
+
+
+AVERAGED = {"average": {"kind": "ema", "decay": 0.9}}
+REGULARIZED = {"weight_drop": 0.3, "dropout_input": 0.2, "dropout_between": 0.2, "dropout_embedding": 0.1}
+
+
+@pytest.mark.parametrize("average", [{"kind": "ema", "decay": 0.9}, {"kind": "swa", "start": 4}])
+def test_the_averaged_weights_are_what_is_evaluated_and_saved(shakespeare, tmp_path, average):
+    import shutil
+
+    from rnnfarm.engine.loop import evaluate_split
+
+    session, _ = run_in_process(shakespeare, tmp_path, train={"steps": 12, "eval_every": 12, "average": average})
+    folder = tmp_path / "checkpoints" / "checkpoint-000012"
+    saved, raw = tensors(folder, "model.safetensors"), tensors(folder, "raw.safetensors")
+    assert saved.keys() == raw.keys() and not all(torch.equal(saved[k], raw[k]) for k in saved)
+    job_spec = make_spec(str(tmp_path / "storage"), train={"steps": 12, "average": average})
+    job = Job(job_spec, shakespeare.folder, Run(Store.at(job_spec.storage) / "runs" / "t").trial())
+    assert evaluate_split(job, folder, "val") == pytest.approx(session.reports[-1]["val_loss"], abs=1e-6)
+    as_raw = shutil.copytree(folder, tmp_path / "as-raw")  # the same checkpoint with the raw weights as its model
+    shutil.copy(as_raw / "raw.safetensors", as_raw / "model.safetensors")
+    assert evaluate_split(job, as_raw, "val") != pytest.approx(session.reports[-1]["val_loss"], abs=1e-6)
+
+
+def test_resuming_with_averaging_and_every_regularizer_continues_bitwise(shakespeare, tmp_path):
+    sections = {
+        "model": {"layers": 2, "hidden": 32, **REGULARIZED},
+        "train": {"steps": 16, "eval_every": 8, "precision": "fp32", **AVERAGED},
+    }
+    straight, _ = run_in_process(shakespeare, tmp_path / "straight", **sections)
+    job_spec = make_spec(str(tmp_path / "storage"), **sections)
+    job = Job(job_spec, shakespeare.folder, Run(Store.at(job_spec.storage) / "runs" / "t").trial())
+    with pytest.raises(Interrupted):
+        train(job, StopAfterCheckpoint(tmp_path / "stopped"))
+    resumed = LocalSession(tmp_path / "stopped")
+    train(job, resumed)
+    a, b = tmp_path / "straight" / "checkpoints" / "checkpoint-000016", tmp_path / "stopped" / "checkpoint-000016"
+    for name in ("model.safetensors", "raw.safetensors", "optimizer.safetensors", "worker-0.safetensors"):
+        first, second = tensors(a, name), tensors(b, name)
+        assert first.keys() == second.keys()
+        assert all(torch.equal(first[k], second[k]) for k in first), name
+    assert straight.reports[-1]["val_loss"] == resumed.reports[-1]["val_loss"]

@@ -169,3 +169,24 @@ def test_a_range_on_an_integer_setting_draws_integers_and_every_trial_completes(
         for key, dist in ranges.items():
             low, high = next(iter(dist.values()))
             assert type(drawn[key]) is int and low <= drawn[key] <= high, drawn
+
+
+def test_nested_and_regularizer_settings_are_tunable_with_their_own_number_kinds():
+    from ray.tune.search.sample import Float, Integer
+
+    from rnnfarm.launch.sweep import param_space, settings_of, trial_spec
+
+    space = {
+        "model.weight_drop": {"uniform": [0.0, 0.5]},
+        "train.average.decay": {"uniform": [0.9, 0.99]},
+        "train.average.start": {"uniform": [0, 100]},
+    }
+    job = spec.parse({"name": "x", "train": {"average": {"kind": "swa"}}, "tune": {"space": space}})
+    domains = param_space(job.tune)
+    assert isinstance(domains["model"]["weight_drop"], Float)
+    assert isinstance(domains["train"]["average.decay"], Float)
+    assert isinstance(domains["train"]["average.start"], Integer)
+    trial = trial_spec(job, settings_of({"train": {"average.decay": 0.95, "average.start": 7}}))
+    assert trial.train.average.model_dump() == {"kind": "swa", "decay": 0.95, "start": 7}
+    with pytest.raises(UserError, match=r"tune.space.train.average.start: 1.5 must be an integer"):
+        spec.parse({"name": "x", "tune": {"space": {"train.average.start": {"choice": [1.5]}}}})

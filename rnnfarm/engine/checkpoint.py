@@ -1,10 +1,11 @@
 """Checkpoints: tensors in safetensors, everything else in JSON. Nothing is ever unpickled.
 
 A checkpoint folder holds:
-    model.safetensors   weights                         (written by rank 0)
+    model.safetensors   weights: the averaged ones with train.average (written by rank 0)
     meta.json           model shape, vocabulary, step, val loss, metrics, corpus fingerprint, spec
     optimizer.safetensors + trainer.json                optimizer state, stream position, schedule
     worker-<rank>.safetensors                           that rank's hidden state and RNG states (CPU; GPU too)
+    raw.safetensors     with train.average: the weights training goes on from (not averaged)
 The first two are all that sampling needs (the ``best/`` folder of a run holds just those).
 On storage each file is written whole and ``meta.json`` last (``upload``).
 """
@@ -26,17 +27,29 @@ from ..storage import Store
 from .model import CharRNN
 
 FORMAT = 1
-MODEL, META = "model.safetensors", "meta.json"
+MODEL, META, RAW = "model.safetensors", "meta.json", "raw.safetensors"
 OPTIMIZER, TRAINER = "optimizer.safetensors", "trainer.json"
 TRAINER_KEYS = ("param_groups", "scalars", "step", "best_val_loss", "streams")  # what a resume reads
 
 
 def save_model(folder: Path, model: CharRNN, vocab: Vocab, meta: dict[str, Any]) -> None:
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / MODEL))
+    save_file(_cpu(model.state_dict()), str(folder / MODEL))
     Store.at(str(folder / META)).write_json(
         {"format": FORMAT, "model": model.spec.model_dump(), "vocab": vocab.to_json(), **meta},
     )
+
+
+def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+
+def save_raw(folder: Path, model: CharRNN) -> None:
+    """The weights training goes on from, where ``model.safetensors`` holds averaged ones."""
+    save_file(_cpu(model.state_dict()), str(folder / RAW))
+
+
+def load_raw(folder: Path) -> dict[str, torch.Tensor]:
+    return _load_tensors(folder / RAW)
 
 
 def upload(folder: Path, target: Store) -> None:

@@ -28,8 +28,9 @@ from ..spec import JobSpec, TrainSpec
 from ..storage import Store
 from ..units import bits, now
 from . import checkpoint
+from .average import Average, applied, make_average
 from .model import CharRNN, State, detach, generate, state_from_tensors, state_tensors
-from .streams import Streams, eval_batch, eval_streams, streams_for
+from .streams import Streams, eval_streams, streams_for
 
 
 class Session(Protocol):
@@ -130,35 +131,47 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
-def evaluate(model: CharRNN, streams: Streams, *, device: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
-    """Summed loss (nats) and count of targets over every window of the streams, state carried across them."""
-    model.eval()
+def evaluate(
+    model: CharRNN, streams: Streams | None, *, warmup: int, device: torch.device, dtype: torch.dtype | None
+) -> torch.Tensor:
+    """Summed loss (nats) and count of the scored targets of the streams, state carried across their windows;
+    the first ``warmup`` targets of each stream only build up the state. Sums are kept per stream in float64,
+    so that a stream's share does not depend on which others it was evaluated with."""
     total = torch.zeros(2, dtype=torch.float64, device=device)
+    if streams is None:  # a rank without evaluation streams adds nothing to the all-reduced sums
+        return total
+    model.eval()
+    per_stream = torch.zeros(streams.data.shape[0], dtype=torch.float64, device=device)
     state: State | None = None
+    position = 0
     with torch.no_grad(), autocast(device, dtype):
         for x, y in streams.windows_for_eval():
             x, y = to_device(x, device), to_device(y, device)
             logits, state = model(x, state)
-            total[0] += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").double()
-            total[1] += y.numel()
+            losses = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")
+            scored = max(0, min(y.shape[1], warmup - position))  # warm-up targets of this window
+            per_stream += losses[:, scored:].double().sum(dim=1)
+            total[1] += y[:, scored:].numel()
+            position += y.shape[1]
     model.train()
+    total[0] = per_stream.sum()
     return total
 
 
 def evaluate_split(job: Job, folder: Path, split: str = "test", device: str | torch.device | None = None) -> float:
     """Loss in nats/char of a checkpoint on a whole split of the job's corpus, in this process.
 
-    The split is cut as evaluation cuts it in training (``workers x batch`` streams, state carried), so
-    a test loss compares with the val losses the run reported. It runs on this process's GPU if it has one.
+    The split is cut by the spec's ``eval`` section, as training cuts val, so a test loss compares with the
+    val losses the run reported. It runs on this process's GPU if it has one.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    t, world = job.spec.train, job.spec.cluster.workers
+    spec, t = job.spec, job.spec.train
     manifest = shards.load_manifest(job.corpus)
     vocab = Vocab.from_json(manifest["vocab"])
-    batch = eval_batch(manifest, split, batch_size=t.batch_size, seq_len=t.seq_len, world=world) * world
-    streams = eval_streams(job.corpus, manifest, split, vocab, batch=batch, seq_len=t.seq_len, rank=0, world=1)
+    streams = eval_streams(job.corpus, manifest, split, vocab, spec=spec.eval, seq_len=t.seq_len, rank=0, world=1)
     model = checkpoint.load_model(folder, device)[0]
-    total = evaluate(model, streams, device=device, dtype=autocast_dtype(t.precision, device))
+    dtype = autocast_dtype(t.precision, device)
+    total = evaluate(model, streams, warmup=spec.eval.warmup, device=device, dtype=dtype)
     return float(total[0] / total[1])
 
 
@@ -233,6 +246,7 @@ class Guard:
         optimizer: torch.optim.Optimizer,
         streams: Streams,
         device: torch.device,
+        average: Average | None,
     ) -> None:
         """Take a good evaluation's state (or the starting one): what its checkpoint holds."""
         self.reference = min(self.reference, train_loss)
@@ -245,6 +259,7 @@ class Guard:
                 "optimizer": optimizer.state_dict(),
                 "streams": streams.state_dict(),
                 "rng": rng_state(device),
+                "average": average.state_dict() if average is not None else None,
             }
         )
 
@@ -257,6 +272,7 @@ class Guard:
         optimizer: torch.optim.Optimizer,
         streams: Streams,
         device: torch.device,
+        average: Average | None,
     ) -> tuple[int, float, State | None]:
         """Restore the last good state with the learning rate cut; past ``max_rollbacks``, stop the trial."""
         t, good = self.t, copy.deepcopy(self.good)  # the optimizer keeps the tensors it is given
@@ -272,6 +288,8 @@ class Guard:
         optimizer.load_state_dict(good["optimizer"])
         streams.load_state_dict(good["streams"])
         set_rng_state(good["rng"], device)
+        if average is not None:
+            average.load_state_dict(good["average"])
         self.logger.warning(
             "diverged: rolled back",
             step=step,
@@ -292,9 +310,10 @@ class Worker:
     manifest: dict[str, Any]
     vocab: Vocab
     train_streams: Streams
-    val_streams: Streams
+    val_streams: Streams | None  # None on a rank without evaluation streams
     model: CharRNN
     optimizer: torch.optim.Optimizer
+    average: Average | None  # the averaged weights, with train.average
     dtype: torch.dtype | None  # autocast's, None in fp32
     logger: Any
 
@@ -317,13 +336,12 @@ def set_up(job: Job, session: Session) -> Worker:
     vocab = Vocab.from_json(manifest["vocab"])
     where = {"rank": session.rank, "world": session.world_size}
     train_streams = streams_for(job.corpus, manifest, "train", vocab, batch=t.batch_size, seq_len=t.seq_len, **where)
-    val_batch = eval_batch(manifest, "val", batch_size=t.batch_size, seq_len=t.seq_len, world=session.world_size)
-    val_streams = eval_streams(job.corpus, manifest, "val", vocab, batch=val_batch, seq_len=t.seq_len, **where)
+    val_streams = eval_streams(job.corpus, manifest, "val", vocab, spec=spec.eval, seq_len=t.seq_len, **where)
     torch.manual_seed(t.seed)  # identical initial weights on every rank
     model = CharRNN(len(vocab), spec.model).to(session.device)
-    optimizer = make_optimizer(model, t)
+    optimizer, average = make_optimizer(model, t), make_average(model, t.average)
     torch.manual_seed(t.seed + 1 + session.rank)  # distinct dropout masks per rank
-    return Worker(job, session, manifest, vocab, train_streams, val_streams, model, optimizer, dtype, logger)
+    return Worker(job, session, manifest, vocab, train_streams, val_streams, model, optimizer, average, dtype, logger)
 
 
 def resume(w: Worker) -> tuple[int, float, State | None, dict[str, Any]]:
@@ -331,8 +349,8 @@ def resume(w: Worker) -> tuple[int, float, State | None, dict[str, Any]]:
     with w.session.latest_checkpoint() as folder:
         if folder is None:
             return 0, math.inf, None, {}
-        w.model.load_state_dict(checkpoint.load_model(folder, w.device)[0].state_dict())
         trainer = checkpoint.load_optimizer(folder, w.optimizer)
+        restore_weights(w, folder, trainer)
         w.train_streams.load_state_dict(trainer["streams"])
         worker = checkpoint.load_worker(folder, rank=w.rank)
         set_rng_state(worker, w.device)
@@ -340,6 +358,16 @@ def resume(w: Worker) -> tuple[int, float, State | None, dict[str, Any]]:
         w.logger.info("resumed", step=trainer["step"], checkpoint=folder.name)
         # "divergence" is absent from checkpoints older than rollbacks
         return trainer["step"], trainer["best_val_loss"], state, trainer.get("divergence", {})
+
+
+def restore_weights(w: Worker, folder: Path, trainer: dict[str, Any]) -> None:
+    """The model's weights from a checkpoint; with averaging, the raw ones, and the average from the model file."""
+    saved = checkpoint.load_model(folder, w.device)[0].state_dict()
+    if w.average is None:
+        w.model.load_state_dict(saved)
+        return
+    w.model.load_state_dict(checkpoint.load_raw(folder))
+    w.average.load_state_dict({"steps": trainer["average"]["steps"], "params": saved})
 
 
 class Interval:
@@ -393,12 +421,16 @@ def train_step(w: Worker, x: torch.Tensor, y: torch.Tensor, state: State | None,
     if clip:  # after averaging: the workers' mean gradient is what gets clipped
         norm = torch.nn.utils.clip_grad_norm_(w.model.parameters(), clip)
     w.optimizer.step()
+    if w.average is not None:
+        w.average.update(w.model)
     return loss.detach(), norm, state
 
 
 def validate(w: Worker) -> float:
-    """The val loss over every worker's streams, in nats/char."""
-    total = w.session.all_reduce(evaluate(w.model, w.val_streams, device=w.device, dtype=w.dtype))
+    """The val loss over every worker's streams, in nats/char, of the averaged weights with averaging."""
+    with applied(w.average, w.model):
+        total = evaluate(w.model, w.val_streams, warmup=w.job.spec.eval.warmup, device=w.device, dtype=w.dtype)
+        total = w.session.all_reduce(total)
     return float(total[0] / total[1])
 
 
@@ -428,31 +460,41 @@ def evaluation_metrics(
 def store(w: Worker, metrics: dict[str, Any], *, best: float, state: State | None, trainer: dict[str, Any]) -> None:
     """An evaluation on storage: rank 0 writes its samples and metrics to the trial and the model to the
     checkpoint; every rank adds its own state, and the session reports the checkpoint (Ray uploads it)."""
-    job, step, val_loss = w.job, metrics["step"], metrics["val_loss"]
+    step, val_loss = metrics["step"], metrics["val_loss"]
     with tempfile.TemporaryDirectory(prefix="rnnfarm-ckpt-") as tmp:
         folder = Path(tmp)
         if w.rank == 0:
-            drawn = samples(w.model, w.vocab, job, step=step, device=w.device)
-            job.trial.samples(step).write_json({"step": step, "val_loss": val_loss, "samples": drawn})
-            job.trial.metrics(step).write_json(metrics)
-            meta = {
-                "step": step,
-                "saved": now(),  # the date the model card shows as trained
-                "val_loss": val_loss,
-                "metrics": metrics,
-                "corpus": {"name": w.manifest["corpus"], "fingerprint": w.manifest["fingerprint"]},
-                "spec": redact.redact(job.spec.model_dump(mode="json", exclude={"storage_options"})),
-            }
-            checkpoint.save_model(folder, w.model, w.vocab, meta)
+            save_weights(w, folder, step=step, val_loss=val_loss, metrics=metrics)
             streams = w.train_streams.state_dict()
+            average = {"average": {"steps": w.average.steps}} if w.average is not None else {}
             checkpoint.save_optimizer(
-                folder, w.optimizer, {"step": step, "best_val_loss": best, "streams": streams, **trainer}
+                folder, w.optimizer, {"step": step, "best_val_loss": best, "streams": streams, **average, **trainer}
             )
             w.logger.info("eval", **{k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
         checkpoint.save_worker(folder, {**rng_state(w.device), **state_tensors(state)}, rank=w.rank)
         w.session.report(metrics, folder, checkpoint_name(step))
         if w.rank == 0:
             w.logger.info("checkpoint", step=step, name=checkpoint_name(step), val_loss=round(val_loss, 4))
+
+
+def save_weights(w: Worker, folder: Path, *, step: int, val_loss: float, metrics: dict[str, Any]) -> None:
+    """Rank 0's samples, metrics and model: the averaged one with averaging (the raw one beside it)."""
+    job = w.job
+    if w.average is not None:
+        checkpoint.save_raw(folder, w.model)
+    with applied(w.average, w.model):
+        drawn = samples(w.model, w.vocab, job, step=step, device=w.device)
+        job.trial.samples(step).write_json({"step": step, "val_loss": val_loss, "samples": drawn})
+        job.trial.metrics(step).write_json(metrics)
+        meta = {
+            "step": step,
+            "saved": now(),  # the date the model card shows as trained
+            "val_loss": val_loss,
+            "metrics": metrics,
+            "corpus": {"name": w.manifest["corpus"], "fingerprint": w.manifest["fingerprint"]},
+            "spec": redact.redact(job.spec.model_dump(mode="json", exclude={"storage_options"})),
+        }
+        checkpoint.save_model(folder, w.model, w.vocab, meta)
 
 
 def train(job: Job, session: Session) -> dict[str, Any]:
@@ -463,6 +505,7 @@ def train(job: Job, session: Session) -> dict[str, Any]:
     resumed_from = step
     guard = Guard(t, len(w.vocab), divergence, w.logger)
     kept = {"model": w.model, "optimizer": w.optimizer, "streams": w.train_streams, "device": w.device}
+    kept["average"] = w.average
     guard.keep(guard.reference, step=step, best=best, state=state, **kept)
     started = time.perf_counter()
     interval = Interval(min(t.eval_every, t.steps), w.device)

@@ -1,4 +1,10 @@
-"""The network: embedding -> stacked LSTM/GRU/RNN with dropout between layers -> linear head."""
+"""The network: embedding -> stacked LSTM/GRU/RNN with dropout between layers -> linear head.
+
+The regularizers of the spec (weight drop, locked and embedding dropout) act only while training, and all
+keep the fused recurrent kernel (oneDNN on a CPU, cuDNN on a GPU): the recurrent matrices are dropped before
+the fused op is called with them, never unrolled here. The stored weights and the inference path are the
+plain multi-layer module's.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,9 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from ..spec import ModelSpec
 
@@ -30,6 +38,13 @@ class CharRNN(nn.Module):
         self.head = nn.Linear(spec.hidden, vocab_size)
         if spec.cell == "lstm":
             self._forget_bias_one()
+        # One single-layer module per layer, on the meta device and not registered (no weights, no state_dict
+        # keys): the shape the fused op is called in when locked dropout goes between layers. It runs only with
+        # the multi-layer module's own weights, swapped in.
+        self._layers = [
+            cell(spec.embedding if k == 0 else spec.hidden, spec.hidden, 1, batch_first=True, device="meta")
+            for k in range(spec.layers)
+        ]
 
     def _forget_bias_one(self) -> None:
         """Forget-gate bias 1 (gates are ordered i, f, g, o): remember by default early in training."""
@@ -41,8 +56,55 @@ class CharRNN(nn.Module):
 
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """(B, T) token ids -> (B, T, V) logits and the state after the last step."""
-        out, state = self.rnn(self.embed(x), state)
+        s = self.spec
+        if not self.training or not (s.weight_drop or s.dropout_input or s.dropout_between or s.dropout_embedding):
+            out, state = self.rnn(self.embed(x), state)
+            return self.head(self.drop(out)), state
+        out, state = self._regularized(x, state)
         return self.head(self.drop(out)), state
+
+    def _regularized(self, x: Tensor, state: State | None) -> tuple[Tensor, State]:
+        """The training forward with the spec's regularizers: the fused op runs on dropped weight copies."""
+        s = self.spec
+        weights = dict(self.rnn.named_parameters())
+        if s.weight_drop:
+            for k in range(s.layers):
+                weights[f"weight_hh_l{k}"] = F.dropout(weights[f"weight_hh_l{k}"], s.weight_drop)
+        table = self.embed.weight
+        if s.dropout_embedding:  # a symbol dropped is dropped at every position of the batch
+            keep = torch.empty(table.shape[0], 1, device=table.device).bernoulli_(1 - s.dropout_embedding)
+            table = table * keep / (1 - s.dropout_embedding)
+        inp = locked_dropout(F.embedding(x, table), s.dropout_input)
+        if not s.dropout_between or s.layers == 1:
+            return functional_call(self.rnn, weights, (inp, state))
+        return self._layer_by_layer(inp, state, weights)
+
+    def _layer_by_layer(self, inp: Tensor, state: State | None, weights: dict[str, Tensor]) -> tuple[Tensor, State]:
+        """The stack one layer at a time (each still one fused call), with locked dropout between the layers."""
+        s, finals = self.spec, []
+        for k, layer in enumerate(self._layers):
+            names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+            own = {f"{n}_l0": weights[f"{n}_l{k}"] for n in names}
+            hx = None if state is None else _layer_state(state, k)
+            inp, final = functional_call(layer, own, (inp, hx))
+            finals.append(final)
+            if k < s.layers - 1:
+                inp = locked_dropout(F.dropout(inp, s.dropout, self.training), s.dropout_between)
+        if isinstance(finals[0], tuple):
+            return inp, (torch.cat([f[0] for f in finals]), torch.cat([f[1] for f in finals]))
+        return inp, torch.cat(finals)
+
+
+def _layer_state(state: State, k: int) -> State:
+    return (state[0][k : k + 1], state[1][k : k + 1]) if isinstance(state, tuple) else state[k : k + 1]
+
+
+def locked_dropout(x: Tensor, p: float) -> Tensor:
+    """Dropout of a (B, T, D) sequence with one mask per sequence, the same at every time step."""
+    if not p:
+        return x
+    mask = torch.empty(x.shape[0], 1, x.shape[2], device=x.device, dtype=x.dtype).bernoulli_(1 - p)
+    return x * mask / (1 - p)
 
 
 def detach(state: State) -> State:

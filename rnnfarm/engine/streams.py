@@ -17,6 +17,7 @@ import torch
 from ..corpus import shards
 from ..corpus.vocab import Vocab
 from ..errors import UserError
+from ..spec import EvalSpec
 from ..storage import Store
 
 
@@ -66,7 +67,7 @@ class Streams:
         L, B = layout.stream_len, layout.batch
         rows = np.lib.stride_tricks.sliding_window_view(tokens, L + 1)[::L][:B]
         # Kept in the vocabulary's compact dtype (one byte a char for most corpora); windows are widened.
-        self.data = torch.from_numpy(np.ascontiguousarray(rows))
+        self.data = torch.from_numpy(rows.copy())  # a copy: the windows overlap, and the view is read-only
         self.seq_len = window or layout.seq_len
         self.windows = L // layout.seq_len
         self.epoch, self.pos = 0, 0
@@ -105,26 +106,41 @@ def streams_for(
     seq_len: int,
     rank: int,
     world: int,
-    evaluation: bool = False,
 ) -> Streams:
-    """This rank's streams of a split, read in windows of ``seq_len``.
-
-    Training streams are read epoch after epoch. Evaluation streams (``evaluation``) are read once, whole: they
-    are cut for one target per stream, so that a split shorter than a window per stream is still evaluated,
-    its last window shorter.
-    """
-    cut = 1 if evaluation else seq_len
-    layout = Layout(manifest["splits"][split]["tokens"], batch=batch, seq_len=cut, rank=rank, world=world)
+    """This rank's training streams of a split, read in windows of ``seq_len`` epoch after epoch."""
+    layout = Layout(manifest["splits"][split]["tokens"], batch=batch, seq_len=seq_len, rank=rank, world=world)
     layout.check(split, "batch_size")
     start, stop = layout.span
-    return Streams(load_tokens(folder, manifest, split, start, stop, vocab), layout, window=seq_len)
+    return Streams(load_tokens(folder, manifest, split, start, stop, vocab), layout)
 
 
-def eval_batch(manifest: dict[str, Any], split: str, *, batch_size: int, seq_len: int, world: int) -> int:
-    """Streams per rank for evaluating a split: the training batch, fewer where the split is short."""
-    return max(1, min(batch_size, (manifest["splits"][split]["tokens"] - 1) // (world * seq_len)))
+def eval_streams(
+    folder: Store,
+    manifest: dict[str, Any],
+    split: str,
+    vocab: Vocab,
+    *,
+    spec: EvalSpec,
+    seq_len: int,
+    rank: int,
+    world: int,
+) -> Streams | None:
+    """This rank's share of the evaluation cut of a split, read once in windows of ``seq_len``; None if it has none.
 
-
-def eval_streams(folder: Store, manifest: dict[str, Any], split: str, vocab: Vocab, **cut: int) -> Streams:
-    """This rank's streams for evaluating a whole split (``streams_for``'s evaluation streams)."""
-    return streams_for(folder, manifest, split, vocab, **cut, evaluation=True)
+    The split is cut into ``spec.streams`` streams (fewer for a split shorter than that), one target per stream
+    at least, whatever the batch and the workers; rank r of W takes streams ``r*S//W .. (r+1)*S//W - 1``.
+    """
+    n = manifest["splits"][split]["tokens"]
+    total = max(1, min(spec.streams, n - 1))
+    length = (n - 1) // total
+    if spec.warmup >= length:
+        raise UserError(
+            f"eval.warmup {spec.warmup}: the {split} split's {total} evaluation streams hold {length} targets "
+            "each, all of them warm-up: lower eval.warmup or eval.streams"
+        )
+    first, last = rank * total // world, (rank + 1) * total // world
+    if first == last:
+        return None
+    tokens = load_tokens(folder, manifest, split, first * length, last * length + 1, vocab)
+    layout = Layout(len(tokens), batch=last - first, seq_len=1, rank=0, world=1)
+    return Streams(tokens, layout, window=seq_len)

@@ -40,8 +40,11 @@ TUNE_COPIES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN
 def _is_int(key: str) -> bool:
     """Whether the setting's schema takes integers (pydantic keeps ``int`` as the field's annotation, its bounds
     apart), so that a range on it draws integers."""
-    section, field = key.split(".", 1)
-    return JobSpec.model_fields[section].annotation.model_fields[field].annotation is int
+    *sections, field = key.split(".")
+    model = JobSpec
+    for section in sections:
+        model = model.model_fields[section].annotation
+    return model.model_fields[field].annotation is int
 
 
 def _domain(key: str, dist: Distribution):

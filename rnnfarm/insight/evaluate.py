@@ -1,0 +1,45 @@
+"""A checkpoint's loss on a split of its corpus, under the spec's fixed evaluation cut (``eval:``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import spec as specs
+from ..corpus.build import build
+from ..engine import checkpoint
+from ..engine.loop import Job, evaluate_split
+from ..errors import UserError
+from ..layout import Run
+from ..storage import Store
+from .sample import local_checkpoint
+
+
+@dataclass(frozen=True)
+class Scored:
+    loss: float  # nats per char
+    step: int
+    streams: int
+    warmup: int
+
+
+def checkpoint_loss(target: str, *, split: str = "val", trial: str | None = None, storage: str | None = None) -> Scored:
+    """The loss of the checkpoint ``target`` names (a checkpoint folder, or a run: its best) on ``split``.
+
+    The corpus is the one the checkpoint was trained on, found (or rebuilt) under the storage its spec names,
+    or ``storage``; a corpus that is not the same text any more is refused.
+    """
+    with local_checkpoint(target, trial=trial) as folder:
+        meta = checkpoint.load_meta(folder)
+        job_spec = specs.parse(meta.get("spec"), f"{target}: the checkpoint's spec")
+        root = Store.at(storage or job_spec.storage)
+        built = build(root, job_spec.corpus)
+        if built.manifest["fingerprint"] != meta["corpus"]["fingerprint"]:
+            raise UserError(
+                f"{target}: the corpus under {root.url} is not the text this checkpoint was trained on "
+                "(another fingerprint): pass --storage with the run's storage"
+            )
+        if built.manifest["splits"].get(split, {}).get("tokens", 0) < 2:
+            raise UserError(f"{target}: its corpus has no {split} split (set corpus.{split} when training)")
+        job = Job(job_spec, built.folder, Run.under(root, job_spec.name).trial())
+        loss = evaluate_split(job, folder, split)
+    return Scored(loss, meta["step"], job_spec.eval.streams, job_spec.eval.warmup)

@@ -1,0 +1,72 @@
+"""The model's regularizers: they act only while training, keep the fused kernel and leave the weights alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.profiler import profile
+
+from rnnfarm.engine.model import CharRNN, locked_dropout
+from rnnfarm.spec import ModelSpec
+
+REGULARIZERS = ("weight_drop", "dropout_input", "dropout_between", "dropout_embedding")
+SHAPE = {"layers": 2, "hidden": 32, "embedding": 16}
+
+
+def model(**fields) -> CharRNN:
+    torch.manual_seed(0)
+    return CharRNN(11, ModelSpec(**SHAPE, **fields))
+
+
+def tokens() -> torch.Tensor:
+    return torch.randint(0, 11, (4, 12), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("field", REGULARIZERS)
+def test_each_regularizer_changes_the_outputs_only_while_training(field):
+    plain, regular, x = model(), model(**{field: 0.5}), tokens()
+    assert regular.state_dict().keys() == plain.state_dict().keys()
+    assert not torch.equal(regular(x)[0], plain(x)[0])
+    plain.eval(), regular.eval()
+    assert torch.equal(regular(x)[0], plain(x)[0])
+    assert torch.equal(regular(x)[0], regular(x)[0])
+
+
+def test_locked_dropout_keeps_one_mask_per_sequence_across_every_time_step():
+    torch.manual_seed(0)
+    dropped = locked_dropout(torch.ones(8, 20, 16), 0.5)
+    assert torch.equal(dropped, dropped[:, :1].expand_as(dropped))  # the same at every step
+    assert not torch.equal(dropped[0], dropped[1])  # each sequence its own
+    assert set(dropped.unique().tolist()) == {0.0, 2.0}
+
+
+def test_weight_drop_leaves_the_stored_recurrent_weights_undropped():
+    m = model(weight_drop=0.9)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    m(tokens())[0].sum().backward()
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert (m.rnn.weight_hh_l0 != 0).all()
+    assert m.rnn.weight_hh_l0.grad is not None and (m.rnn.weight_hh_l0.grad == 0).any()  # dropped weights: no gradient
+
+
+def test_every_regularizer_on_still_runs_the_fused_recurrent_kernel():
+    m = model(**{field: 0.3 for field in REGULARIZERS})
+    with profile() as prof:
+        m(tokens())[0].sum().backward()
+    names = {e.name for e in prof.events()}
+    assert names & {"aten::mkldnn_rnn_layer", "aten::_cudnn_rnn"}, names
+    assert "aten::lstm_cell" not in names
+
+
+def test_embedding_dropout_drops_a_symbol_at_every_position_it_takes():
+    m, seen = model(dropout_embedding=0.5), []
+    m.rnn.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    x = torch.arange(11).repeat(4, 3)  # every symbol at 12 positions
+    m(x)
+    embedded = seen[0].flatten(0, 1)
+    dropped = {int(s) for s, row in zip(x.flatten(), embedded, strict=True) if not row.any()}
+    assert 0 < len(dropped) < 11
+    for s, row in zip(x.flatten(), embedded, strict=True):
+        assert (int(s) in dropped) == (not row.any())
+        if int(s) not in dropped:
+            assert torch.allclose(row, m.embed.weight[s] * 2)
