@@ -5,6 +5,7 @@ results file (bench/results/quality.json) and the Quality section of BENCHMARKS.
 from that file; the other sections are left as they are.
 
     .venv/bin/python bench/quality.py sweep --minutes 25          # a Tune sweep for a tiny-Shakespeare config
+    .venv/bin/python bench/quality.py sweep-regular --minutes 50  # weight drop x weight averaging
     .venv/bin/python bench/quality.py placement                   # 2 workers x 1 thread, or 1 worker x 2 threads
     .venv/bin/python bench/quality.py shakespeare --minutes 30    # deploy/shakespeare-quality.yaml
     .venv/bin/python bench/quality.py ttq --reps 3                # wall time of `rnnfarm run` to val loss 1.89
@@ -33,7 +34,8 @@ def measure(figure: str, args: argparse.Namespace) -> None:
     started, code = time.time(), machine()["commit"]
     print(f"{figure}:", file=sys.stderr)
     alone = {"placement": figures.placement, "ttq": figures.ttq, "startup": figures.startup, "corpora": figures.corpora}
-    built_on = {"sweep": figures.sweep, "sweep-long": figures.sweep, "shakespeare": figures.shakespeare}  # read earlier
+    built_on = {"sweep": figures.sweep, "sweep-long": figures.sweep, "sweep-regular": figures.sweep}  # read earlier
+    built_on["shakespeare"] = figures.shakespeare
     value = built_on[figure](args, read_results(args.results)) if figure in built_on else alone[figure](args)
     key = "shakespeare_gpu" if getattr(args, "gpu", False) else figure.replace("-", "_")
     value["date"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(started))
@@ -63,6 +65,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", default=str(DEPLOY / "shakespeare-sweep-long.yaml"))
     p.add_argument("--minutes", type=float, default=72)
     p.add_argument("--from-sweep", action="store_true", help="start from the first sweep's best settings")
+    p = sub.add_parser("sweep-regular", help="the third sweep: weight drop and weight averaging")
+    p.add_argument("--spec", default=str(DEPLOY / "shakespeare-sweep-regular.yaml"))
+    p.add_argument("--minutes", type=float, default=50)
     p = sub.add_parser("placement", help="2 workers x 1 thread against 1 worker x 2 threads")
     p.add_argument("--spec", default=str(DEPLOY / "shakespeare-quality.yaml"))
     p.add_argument("--steps", type=int, default=150)

@@ -76,9 +76,12 @@ def follow(screen: Screen, until: str, timeout: float, on_tick=None) -> str:
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
-    """A 1x32 LSTM, 40 steps, evaluated every 10, run in tmux; the live report rendered while it runs."""
+    """A 1x256 LSTM, 40 steps of 64 x 128 characters, evaluated every 10, run in tmux; the live report
+    rendered while it runs. Its steps take long enough (0.2 s each here) that the driver, which looks for new
+    evaluations every 2 s, writes the live report at least once between the first evaluation and the end."""
     root = tmp_path_factory.mktemp("terminal")
-    spec = spec_file(root, "shown", train={"steps": 40, "eval_every": 10})
+    train = {"steps": 40, "eval_every": 10, "batch_size": 64, "seq_len": 128}
+    spec = spec_file(root, "shown", model={"hidden": 256}, train=train)
     run = root / "storage" / "runs" / "shown"
     screen = Screen.start("rnnfarm-single", f"{RNNFARM} run {spec}", root)
     live: dict[str, Element] = {}
