@@ -127,7 +127,7 @@ SECRET_SOURCES = ["storage_options", "AWS_* and FSSPEC_S3_* variables"]
 
 @pytest.mark.parametrize("source", SECRET_SOURCES)
 def test_a_sweeps_credentials_are_in_no_stored_object_no_ray_file_no_output(s3, source, tmp_path):
-    """`rnnfarm run` of a two-trial sweep to S3, with its own embedded Ray whose temp folder is this test's:
+    """`rnnfarm run` of a one-trial sweep to S3, with its own embedded Ray whose temp folder is this test's:
     neither key is in any object on S3 (Tune's tuner.pkl and experiment state included), any file of Ray's
     session folder, the output or the logs, as bytes, hex or base64."""
     prefix = f"rnnfarm-test/leak-{source.split()[0].split('_')[0].lower()}"
@@ -147,7 +147,7 @@ def test_a_sweeps_credentials_are_in_no_stored_object_no_ray_file_no_output(s3, 
         train={"steps": 4, "eval_every": 2},
         tune={
             "space": {"model.hidden": {"choice": [8, 16]}},
-            "samples": 2,
+            "samples": 1,
             "scheduler": {"kind": "none"},
             "concurrency": 1,
             "resources": {"workers": 1, "driver_cpus": 0},
