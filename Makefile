@@ -19,7 +19,7 @@ run: setup
 	$(BIN)/rnnfarm run deploy/local.yaml
 
 test: setup
-	for script in tests/setup/*.sh; do "$$script" || exit 1; done
+	tests/setup/debian.sh
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest

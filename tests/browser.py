@@ -1,4 +1,4 @@
-"""Pages rendered by a real headless Chromium (Debian's package, installed by tests/setup/chromium.sh)."""
+"""Pages rendered by a real headless Chromium (Debian's package, installed by tests/setup/debian.sh)."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ class _Tree(HTMLParser):
 def render(page: Path, name: str, height: int = 1600) -> Element:
     """Load ``page`` in headless Chromium; keep a screenshot in test-artifacts/<name>.png; return the DOM it built."""
     chromium = shutil.which("chromium")
-    assert chromium, "chromium is not installed: run tests/setup/chromium.sh (make test does)"
+    assert chromium, "chromium is not installed: run tests/setup/debian.sh (make test does)"
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / f"{name}.png"
     screenshot.unlink(missing_ok=True)
@@ -114,7 +114,7 @@ class Devtools:
 
     def __init__(self, flags: list[str], profile: str) -> None:
         chromium = shutil.which("chromium")
-        assert chromium, "chromium is not installed: run tests/setup/chromium.sh (make test does)"
+        assert chromium, "chromium is not installed: run tests/setup/debian.sh (make test does)"
         commands, self._commands = os.pipe()
         self._replies, replies = os.pipe()
         # Copies above any fd the child keeps, so that placing them at 3 and 4 overwrites nothing still needed.

@@ -1,5 +1,5 @@
 """`rnnfarm run` on a real terminal (tmux, 120x40): the live display, quiet logs, the run's log file, the live
-report in headless Chromium; and the same job through a pipe: JSON lines. tmux comes from tests/setup/tmux.sh."""
+report in headless Chromium; and the same job through a pipe: JSON lines. tmux comes from tests/setup/debian.sh."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class Screen:
 
     @classmethod
     def start(cls, name: str, command: str, cwd: Path) -> Screen:
-        assert shutil.which("tmux"), "tmux is not installed: run tests/setup/tmux.sh (make test does)"
+        assert shutil.which("tmux"), "tmux is not installed: run tests/setup/debian.sh (make test does)"
         subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
         # Without COLUMNS and LINES (pytest's environment sets them): the size is the terminal's, 120x40.
         shell = f"cd {cwd} && env -u COLUMNS -u LINES {command}; echo EXIT=$?; sleep 600"
