@@ -8,9 +8,11 @@ from that file; the other sections are left as they are.
     .venv/bin/python bench/quality.py sweep-regular --minutes 50  # weight drop x weight averaging
     .venv/bin/python bench/quality.py placement                   # 2 workers x 1 thread, or 1 worker x 2 threads
     .venv/bin/python bench/quality.py shakespeare --minutes 30    # deploy/shakespeare-quality.yaml
+    .venv/bin/python bench/quality.py long --corpus linux --minutes 30   # or --corpus complete (the plays)
     .venv/bin/python bench/quality.py ttq --reps 3                # wall time of `rnnfarm run` to val loss 1.89
     .venv/bin/python bench/quality.py startup --reps 5 --before REF   # launch -> first step, this tree and REF
     .venv/bin/python bench/quality.py corpora --minutes 2         # val bits/char of each built-in corpus
+    .venv/bin/python bench/quality.py ngram                       # and each one's n-gram baseline
     .venv/bin/python bench/quality.py all                         # every figure on short budgets (~20 min)
     .venv/bin/python bench/quality.py render                      # BENCHMARKS.md from the results file
 
@@ -34,10 +36,12 @@ def measure(figure: str, args: argparse.Namespace) -> None:
     started, code = time.time(), machine()["commit"]
     print(f"{figure}:", file=sys.stderr)
     alone = {"placement": figures.placement, "ttq": figures.ttq, "startup": figures.startup, "corpora": figures.corpora}
+    alone["ngram"] = figures.ngram
     built_on = {"sweep": figures.sweep, "sweep-long": figures.sweep, "sweep-regular": figures.sweep}  # read earlier
-    built_on["shakespeare"] = figures.shakespeare
+    built_on |= {"shakespeare": figures.shakespeare, "long": figures.long}
     value = built_on[figure](args, read_results(args.results)) if figure in built_on else alone[figure](args)
     key = "shakespeare_gpu" if getattr(args, "gpu", False) else figure.replace("-", "_")
+    key += f"_{args.corpus}" if figure == "long" else ""
     value["date"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(started))
     value["commit"] = code
     value["bench_s"] = round(time.time() - started)
@@ -77,6 +81,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=figures.HEADLINE_MINUTES)
     p.add_argument("--from-sweep", action="store_true", help="apply the sweep figure's best settings to the spec")
     p.add_argument("--gpu", action="store_true", help="one GPU worker, the same steps (figure shakespeare_gpu)")
+    p = sub.add_parser("long", help="another corpus for the quality run's budget, beside its n-gram baseline")
+    p.add_argument("--corpus", choices=["linux", "complete"], default="linux", help="complete: Shakespeare's plays")
+    p.add_argument("--minutes", type=float, default=figures.HEADLINE_MINUTES)
     p = sub.add_parser("ttq", help="time to val loss 1.89")
     p.add_argument("--spec", default=str(DEPLOY / "shakespeare-ttq.yaml"))
     p.add_argument("--reps", type=int, default=3)
@@ -87,6 +94,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--before", help="a git ref whose code is measured too, alternating")
     p = sub.add_parser("corpora", help="val bits/char of every built-in corpus")
     p.add_argument("--minutes", type=float, default=2)
+    sub.add_parser("ngram", help="the n-gram baseline of every built-in corpus (the per-corpus table's column)")
     p = sub.add_parser("all", help="every figure on short budgets")
     p.add_argument("--sweep-minutes", type=float, default=4)
     p.add_argument("--sweep-long-minutes", type=float, default=3)
@@ -100,11 +108,13 @@ def parser() -> argparse.ArgumentParser:
 ALL = {
     "sweep": lambda a: {"minutes": a.sweep_minutes},
     "sweep-long": lambda a: {"minutes": a.sweep_long_minutes, "from_sweep": True},
+    "sweep-regular": lambda a: {"minutes": a.sweep_long_minutes},
     "placement": lambda a: {"steps": 90, "reps": 1},
     "shakespeare": lambda a: {"minutes": a.run_minutes, "from_sweep": True},
     "ttq": lambda a: {"reps": 1},
     "startup": lambda a: {"reps": 2},
     "corpora": lambda a: {"minutes": a.corpus_minutes},
+    "ngram": lambda a: {},
 }
 
 

@@ -32,15 +32,20 @@ def results(quality):
 
 
 def test_the_quality_sweep_and_time_to_quality_specs_are_valid_jobs_on_tiny_shakespeare():
-    names = ("quality", "sweep", "sweep-long", "ttq")
+    names = ("quality", "sweep", "sweep-long", "sweep-regular", "ttq")
     jobs = {name: spec.load(ROOT / "deploy" / f"shakespeare-{name}.yaml") for name in names}
     for job in jobs.values():
-        assert (job.corpus.name, job.corpus.options, job.corpus.val) == ("shakespeare", {"variant": "tiny"}, 0.1)
-    assert jobs["sweep"].tune is not None and jobs["sweep-long"].tune is not None
+        assert (job.corpus.name, job.corpus.options) == ("shakespeare", {"variant": "tiny"})
+    # The quality run and the sweep that chose its regularization hold out a test split; the earlier ones did not.
+    splits = {name: (job.corpus.val, job.corpus.test) for name, job in jobs.items()}
+    assert splits == {"quality": (0.05, 0.05), "sweep-regular": (0.05, 0.05)} | {
+        name: (0.1, 0.0) for name in ("sweep", "sweep-long", "ttq")
+    }
+    assert all(jobs[name].tune is not None for name in ("sweep", "sweep-long", "sweep-regular"))
     assert jobs["quality"].tune is None and jobs["ttq"].tune is None
 
 
-@pytest.mark.parametrize("name", ["sweep", "sweep-long"])
+@pytest.mark.parametrize("name", ["sweep", "sweep-long", "sweep-regular"])
 def test_a_sweep_trial_computes_the_steps_of_the_quality_run(quality, name):
     """One worker with the sweep's batch reads what the quality run's workers read together (engine/streams.py)."""
     sweep = spec.load(quality.DEPLOY / f"shakespeare-{name}.yaml")
@@ -49,13 +54,21 @@ def test_a_sweep_trial_computes_the_steps_of_the_quality_run(quality, name):
     assert sweep.train.seq_len == run.train.seq_len
 
 
-def test_the_second_sweep_trains_for_the_quality_runs_whole_schedule(quality):
-    """Its trials end where the run ends, so the dropout and weight decay it picks suit the run's length."""
-    sweep = spec.load(quality.DEPLOY / "shakespeare-sweep-long.yaml")
+def test_the_third_sweep_trains_the_quality_runs_model_and_optimizer_on_its_split(quality):
+    sweep = spec.load(quality.DEPLOY / "shakespeare-sweep-regular.yaml")
     run = spec.load(quality.DEPLOY / "shakespeare-quality.yaml")
-    same = ("steps", "optimizer", "warmup_steps", "decay", "min_lr_ratio", "grad_clip", "precision")
+    assert sweep.corpus == run.corpus
+    shape = ("cell", "layers", "hidden", "embedding", "dropout")
+    assert {k: getattr(sweep.model, k) for k in shape} == {k: getattr(run.model, k) for k in shape}
+    same = ("optimizer", "lr", "weight_decay", "warmup_steps", "decay", "grad_clip", "precision", "eval_every")
     assert {k: getattr(sweep.train, k) for k in same} == {k: getattr(run.train, k) for k in same}
-    assert sweep.tune.scheduler.kind == "none"
+    assert sweep.train.average.decay == run.train.average.decay and sweep.tune.scheduler.kind == "none"
+
+
+def test_the_quality_run_holds_the_settings_the_third_sweep_found_best(quality, results):
+    best = results["figures"]["sweep_regular"]["best"]["settings"]
+    run = spec.load(quality.DEPLOY / "shakespeare-quality.yaml")
+    assert best and spec.apply_settings(run.model_dump(), best) == run.model_dump()
 
 
 def test_every_figure_records_its_command_date_and_the_load_at_its_start_and_end(results):
@@ -63,6 +76,8 @@ def test_every_figure_records_its_command_date_and_the_load_at_its_start_and_end
     assert set(results["figures"]) == {
         "sweep",
         "sweep_long",
+        "sweep_regular",
+        "ngram",
         "placement",
         "shakespeare",
         "ttq",
