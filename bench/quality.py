@@ -45,9 +45,10 @@ def measure(figure: str, args: argparse.Namespace) -> None:
     value["date"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(started))
     value["commit"] = code
     value["bench_s"] = round(time.time() - started)
+    value["machine"] = {k: v for k, v in machine().items() if k != "commit"}
     results = read_results(args.results)  # as it is now: other figures may have been written meanwhile
     results["figures"][key] = value
-    results["machine"] = machine()
+    results.setdefault("machine", value["machine"])  # the machine of the figures that name none
     write_results(args.results, results)
     write_section(args.benchmarks, render(results))
     print(f"{figure}: done in {minutes(value['bench_s'])}", file=sys.stderr)

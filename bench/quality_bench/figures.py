@@ -41,7 +41,7 @@ from .launch import (
 )
 
 HEADLINE_MINUTES = 30  # the quality run's budget
-SPEC_MINUTES = 30  # deploy/shakespeare-quality.yaml's steps fit in this many minutes of `rnnfarm run` here
+SPEC_MINUTES = 20  # deploy/shakespeare-quality.yaml's steps fit in this many minutes of `rnnfarm run` here
 THRESHOLD = 1.89  # nats/char: nanoGPT's README reports 1.88 after about 3 minutes of its CPU recipe
 
 # Every built-in corpus, as the per-corpus figure builds it.
@@ -334,15 +334,21 @@ def startup(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def calibrate(args: argparse.Namespace, data: dict[str, Any]) -> float:
+    """chars/s of spec ``data``'s training here and now: 60 steps, past the first 20."""
+    calibration = apply_settings(data, {"train.steps": 60, "train.eval_every": 20, "train.warmup_steps": 0})
+    run = launch(calibration, f"quality-calibration-{int(time.time())}", args.storage)
+    rate = steady_rate(curve(run))
+    cleanup(args, run)
+    return rate
+
+
 def corpora(args: argparse.Namespace) -> dict[str, Any]:
     """Val bits/char of every built-in corpus: the same config and the same number of steps (``--minutes`` of
     training at the speed measured on tiny Shakespeare just before), one evaluation at the end."""
     base = quiet_samples({**json.loads(json.dumps(STANDARD)), "corpus": {"name": "shakespeare"}})
-    calibration = apply_settings(base, {"train.steps": 60, "train.eval_every": 20, "train.warmup_steps": 0})
     load = wait_quiet(args)
-    run = launch(calibration, f"quality-corpora-calibration-{int(time.time())}", args.storage)
-    rate = steady_rate(curve(run))
-    cleanup(args, run)
+    rate = calibrate(args, base)
     steps = max(10, round(args.minutes * 60 * rate / chars_per_step(base)))
     rows = []
     for name, options, label in CORPORA:
@@ -406,8 +412,10 @@ def ngram(args: argparse.Namespace) -> dict[str, Any]:
     return {"command": command(), "method": METHOD, "orders": list(ORDERS), "rows": rows, "load": load}
 
 
-# The 30-minute runs on other corpora: the per-corpus config, the quality run's split and budget.
-LONG_STEPS = 4000  # what fits 30 minutes of `rnnfarm run` of STANDARD here, evaluations included
+# The 30-minute runs on other corpora: the per-corpus config, the quality run's split and budget. Their steps
+# are what fits the budget at the speed measured just before, less this much for start-up, the corpus build,
+# the evaluations and the samples.
+LONG_OVERHEAD_S = 240
 LONG_EVALS = 8
 
 
@@ -416,10 +424,11 @@ def long(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
     test cut; the best checkpoint's test loss, and the n-gram baseline of the same build beside it."""
     name, options, label = next(c for c in CORPORA if c[2].startswith(args.corpus) or c[0] == args.corpus)
     data = quiet_samples({**json.loads(json.dumps(STANDARD))}, length=300)
-    data["corpus"] = {"name": name, "options": options, "val": 0.05, "test": 0.05}
-    steps = max(10, round(LONG_STEPS * max(0.0, args.minutes - 1) / (HEADLINE_MINUTES - 1)))
-    data["train"] |= {"steps": steps, "eval_every": max(1, steps // LONG_EVALS), "warmup_steps": min(100, steps // 10)}
     load = wait_quiet(args)
+    rate = calibrate(args, {**data, "corpus": {"name": "shakespeare"}})
+    data["corpus"] = {"name": name, "options": options, "val": 0.05, "test": 0.05}
+    steps = max(10, round(max(0.0, args.minutes * 60 - LONG_OVERHEAD_S) * rate / chars_per_step(data)))
+    data["train"] |= {"steps": steps, "eval_every": max(1, steps // LONG_EVALS), "warmup_steps": min(100, steps // 10)}
     run = launch(data, f"quality-long-{name}-{int(time.time())}", args.storage)
     load["end"] = load_now()
     rows = curve(run)
@@ -438,6 +447,7 @@ def long(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
         "label": label,
         "budget_minutes": args.minutes,
         "config": {k: data[k] for k in ("corpus", "model", "train", "cluster")},
+        "calibration_chars_per_s": round(rate),
         "chars": {s: manifest["splits"][s]["chars"] for s in ("train", "val", "test")},
         "curve": rows,
         "best_val_loss": min(r["val_loss"] for r in rows),
