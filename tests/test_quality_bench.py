@@ -73,6 +73,7 @@ def test_every_figure_records_its_command_date_and_the_load_at_its_start_and_end
         "sweep_long",
         "ngram",
         "long_linux",
+        "long_complete",
         "placement",
         "shakespeare",
         "ttq",

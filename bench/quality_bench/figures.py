@@ -334,10 +334,11 @@ def startup(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def calibrate(args: argparse.Namespace, data: dict[str, Any]) -> float:
-    """chars/s of spec ``data``'s training here and now: 60 steps, past the first 20."""
+def calibrate(args: argparse.Namespace, data: dict[str, Any], storage: Path | None = None) -> float:
+    """chars/s of spec ``data``'s training here and now: 60 steps, past the first 20 (on ``storage``, by
+    default the benchmark's)."""
     calibration = apply_settings(data, {"train.steps": 60, "train.eval_every": 20, "train.warmup_steps": 0})
-    run = launch(calibration, f"quality-calibration-{int(time.time())}", args.storage)
+    run = launch(calibration, f"quality-calibration-{int(time.time())}", storage or args.storage)
     rate = steady_rate(curve(run))
     cleanup(args, run)
     return rate
@@ -425,8 +426,9 @@ def long(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
     name, options, label = next(c for c in CORPORA if c[2].startswith(args.corpus) or c[0] == args.corpus)
     data = quiet_samples({**json.loads(json.dumps(STANDARD))}, length=300)
     load = wait_quiet(args)
-    rate = calibrate(args, {**data, "corpus": {"name": "shakespeare"}})
     data["corpus"] = {"name": name, "options": options, "val": 0.05, "test": 0.05}
+    with tempfile.TemporaryDirectory(prefix="rnnfarm-calibration-", dir=args.storage) as elsewhere:
+        rate = calibrate(args, data, Path(elsewhere))  # the corpus built there: the run builds its own
     steps = max(10, round(max(0.0, args.minutes * 60 - LONG_OVERHEAD_S) * rate / chars_per_step(data)))
     data["train"] |= {"steps": steps, "eval_every": max(1, steps // LONG_EVALS), "warmup_steps": min(100, steps // 10)}
     run = launch(data, f"quality-long-{name}-{int(time.time())}", args.storage)
@@ -448,6 +450,7 @@ def long(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
         "budget_minutes": args.minutes,
         "config": {k: data[k] for k in ("corpus", "model", "train", "cluster")},
         "calibration_chars_per_s": round(rate),
+        "calibrated_on": name,
         "chars": {s: manifest["splits"][s]["chars"] for s in ("train", "val", "test")},
         "curve": rows,
         "best_val_loss": min(r["val_loss"] for r in rows),

@@ -38,9 +38,9 @@ CUTS = [
     "of each (0 by default) build up the state unscored. char-rnn (`train.lua`'s defaults) cuts val into "
     "`batch_size` (50) streams and carries the state the same way, so its figures sit close to this cut. "
     "nanoGPT (`estimate_loss`) averages 200 batches of random 256-character windows, each from a zero state: "
-    "the first characters of every window are predicted with little context, so the same model scores higher "
-    "under that cut than under a carried state. No row below uses char-rnn's split (train 95% | val 5%) or "
-    "nanoGPT's window cut yet: the figures above stay for scale only.",
+    "the first characters of every window are predicted with little context, so the same model should score "
+    "higher under that cut than under a carried state (not measured here). No row below uses char-rnn's split "
+    "(train 95% | val 5%) or nanoGPT's window cut yet: the figures above stay for scale only.",
 ]
 
 
@@ -133,8 +133,9 @@ def split_words(config: dict[str, Any]) -> str:
     if not test:
         return f"Val is the last {val:.0%} of the text (char-rnn's and nanoGPT's split)."
     return (
-        f"The text is cut train {1 - val - test:.0%} | val {val:.0%} | test {test:.0%} (the last {test:.0%}): "
-        "checkpoints are chosen on val, and the chosen one is scored once on test."
+        f"The text is cut train {1 - val - test:.0%} | val {val:.0%} | test {test:.0%} (one text by position, in "
+        "that order; a corpus of documents by each document's id): checkpoints are chosen on val, and the "
+        "chosen one is scored once on test."
     )
 
 
@@ -282,18 +283,34 @@ def render_long(_: dict[str, Any], figures: dict[str, Any]) -> list[str]:
         f"{split_words(first['config'])} The n-gram model ({first['ngram']['method']}) is fit on the same "
         "train split; its order is the one best on val.",
         "",
-        "| corpus | train chars | whole run | epochs | best val bits/char | test bits/char "
+        "| corpus | train chars | steps | whole run | epochs | best val bits/char | test bits/char (checkpoint) "
         "| n-gram order | n-gram val | n-gram test |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        test, gram = r["test"], r["ngram"]
-        epochs = r["curve"][-1]["chars"] / r["chars"]["train"]
+        test, gram, last = r["test"], r["ngram"], r["curve"][-1]
+        at = next((c["wall_s"] for c in r["curve"] if c["step"] == test["step"]), None)
         out.append(
-            f"| {r['label']} | {r['chars']['train']:,} | {minutes(r['wall_s'])} | {epochs:.1f} "
-            f"| {bits(r['best_within_budget']):.4f} | {bits(test['test_loss']):.4f} | {gram['order']} "
+            f"| {r['label']} | {r['chars']['train']:,} | {last['step']} | {minutes(r['wall_s'])} "
+            f"| {last['chars'] / r['chars']['train']:.1f} | {bits(r['best_within_budget']):.4f} "
+            f"| {bits(test['test_loss']):.4f} (step {test['step']}, at {minutes(at)}) | {gram['order']} "
             f"| {bits(gram['val_loss']):.4f} | {bits(gram['test_loss']):.4f} |"
         )
+    calibrated = {
+        r["label"]: f"{r['calibration_chars_per_s']:,} chars/s on {r.get('calibrated_on', 'shakespeare')}" for r in rows
+    }
+    out += [
+        "",
+        "The steps of each are what fits the budget, less 4 minutes for start-up, the corpus build, evaluations "
+        "and samples, at the speed 60 steps measured just before ("
+        + "; ".join(f"{label}: {rate}" for label, rate in calibrated.items())
+        + "). Best val counts the evaluations within the budget; the test loss is that of the run's best "
+        "checkpoint on val, which may come later: "
+        + "; ".join(
+            f"{r['label']}: val {bits(r['test']['val_loss']):.4f} bits/char at step {r['test']['step']}" for r in rows
+        )
+        + ".",
+    ]
     out += [
         "",
         "Each row: " + "; ".join(f"{r['label']}: {measured(r)}" for r in rows) + ". "
@@ -496,6 +513,8 @@ def render_corpora(s: dict[str, Any], figures: dict[str, Any]) -> list[str]:
     for r in s["rows"]:
         g = grams.get((r["corpus"], json.dumps(r["options"], sort_keys=True)))
         gram = f"{bits(g['val_loss']):.4f} ({g['order']})" if g else "-"
+        if g and g["train_chars"] != r["train_chars"]:  # another build's split of the documents
+            gram += f" on {g['train_chars']:,} train chars"
         out.append(
             f"| {r['label']} | {r['train_chars']:,} | {r['val_chars']:,} | {r['vocab']} | {r['epochs']} "
             f"| {fmt(r['train_s'], 0)} s | {r['val_loss']:.4f} | {r['val_bpc']:.4f} | {gram} |"
@@ -504,9 +523,11 @@ def render_corpora(s: dict[str, Any], figures: dict[str, Any]) -> list[str]:
         n = figures["ngram"]
         out += [
             "",
-            f"The n-gram column: `{n['command']}`, {n['method']} fit on the same train split, the order (of "
-            f"{n['orders'][0]} to {n['orders'][-1]}) best on val; {measured(n)}. A column of dashes where the "
-            "figure has no row for a corpus.",
+            f"The n-gram column: `{n['command']}`, {n['method']}, fit on its build's train split, the order (of "
+            f"{n['orders'][0]} to {n['orders'][-1]}) best on val; {measured(n)}. A dash where the figure has no "
+            "row for a corpus. Where the column names other train chars, the n-gram's build split the corpus's "
+            "documents by a later rule than the LSTM's row (a val set of other documents): the two figures of "
+            "that row are not on one cut until `bench/quality.py corpora` is measured again.",
         ]
     out += [
         "",
