@@ -304,8 +304,9 @@ def render_long(_: dict[str, Any], figures: dict[str, Any]) -> list[str]:
         "The steps of each are what fits the budget, less 4 minutes for start-up, the corpus build, evaluations "
         "and samples, at the speed 60 steps measured just before ("
         + "; ".join(f"{label}: {rate}" for label, rate in calibrated.items())
-        + "). Best val counts the evaluations within the budget; the test loss is that of the run's best "
-        "checkpoint on val, which may come later: "
+        + "). The whole run is `rnnfarm run` from launch to exit, which builds the corpus unless an earlier run "
+        "built the same one. Best val counts the evaluations within the budget; the test loss is that of the "
+        "run's best checkpoint on val, which may come later: "
         + "; ".join(
             f"{r['label']}: val {bits(r['test']['val_loss']):.4f} bits/char at step {r['test']['step']}" for r in rows
         )
