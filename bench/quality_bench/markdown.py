@@ -131,7 +131,7 @@ def split_words(config: dict[str, Any]) -> str:
     corpus = config.get("corpus") or {"val": 0.1}
     val, test = corpus.get("val", 0.1), corpus.get("test", 0.0)
     if not test:
-        return f"Val is the last {val:.0%} of the text (char-rnn's and nanoGPT's split)."
+        return f"Val is the last {val:.0%} of the text (nanoGPT's split; char-rnn's is the last 5%)."
     return (
         f"The text is cut train {1 - val - test:.0%} | val {val:.0%} | test {test:.0%} (one text by position, in "
         "that order; a corpus of documents by each document's id): checkpoints are chosen on val, and the "
