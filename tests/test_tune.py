@@ -55,7 +55,10 @@ def run_dir(tmp_path) -> Path:
 def swept(ray_local, tmp_path_factory):
     """The sweep above, run once by `rnnfarm run`: its folder, leaderboard rows and output."""
     tmp_path = tmp_path_factory.mktemp("swept")
-    result = CliRunner().invoke(cli, ["run", sweep_spec(tmp_path, concurrency=1)])
+    # 200 steps: ASHA's stop reaches hidden 8 through Ray Train and Tune a second or more after its step-20
+    # evaluation; it must still have steps left then, and rungs 40, 80 and 160 stop it if 20 came too late.
+    train = {"steps": 200, "eval_every": 20}
+    result = CliRunner().invoke(cli, ["run", sweep_spec(tmp_path, train, concurrency=1)])
     assert result.exit_code == 0, result.output
     return tmp_path, leaderboard.read(Run(Store.at(str(run_dir(tmp_path))))), result
 
@@ -64,7 +67,7 @@ def test_a_sweep_stops_trials_early_archives_samples_and_promotes_the_best(swept
     tmp_path, rows, result = swept
     run = Store.at(str(run_dir(tmp_path)))
     assert len(rows) == 2 and {r["model.hidden"] for r in rows} == {8, 64}
-    # One at a time, hidden 64 first: at step 20 hidden 8 trails it, and ASHA stops it there.
+    # One at a time, hidden 64 first: at every rung hidden 8 trails it, and ASHA stops it.
     assert {r["model.hidden"]: r["status"] for r in rows} == {64: "completed", 8: "stopped"}, rows
     assert all(r["status"] in ("completed", "stopped") for r in rows)
     with open(run_dir(tmp_path) / "leaderboard.csv", newline="") as f:
