@@ -82,6 +82,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=figures.HEADLINE_MINUTES)
     p.add_argument("--from-sweep", action="store_true", help="apply the sweep figure's best settings to the spec")
     p.add_argument("--gpu", action="store_true", help="one GPU worker, the same steps (figure shakespeare_gpu)")
+    p.add_argument(
+        "--calibrate", action="store_true", help="steps that fit --minutes here, from a 60-step calibration (as long)"
+    )
     p = sub.add_parser("long", help="another corpus for the quality run's budget, beside its n-gram baseline")
     p.add_argument("--corpus", choices=["linux", "complete"], default="linux", help="complete: Shakespeare's plays")
     p.add_argument("--minutes", type=float, default=figures.HEADLINE_MINUTES)
