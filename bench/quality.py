@@ -15,6 +15,7 @@ from that file; the other sections are left as they are.
     .venv/bin/python bench/quality.py ngram                       # and each one's n-gram baseline
     .venv/bin/python bench/quality.py all                         # every figure on short budgets (~20 min)
     .venv/bin/python bench/quality.py render                      # BENCHMARKS.md from the results file
+    .venv/bin/python bench/quality.py cuts --run RUN              # a kept quality run under others' cuts
 
 ``--quiet 0.8`` waits (up to ``--quiet-wait`` minutes) for the 1-minute load average to fall below
 0.8 before each measurement; every figure records the load average at its start and end.
@@ -28,8 +29,11 @@ import time
 from pathlib import Path
 
 from quality_bench import BENCHMARKS, DEPLOY, RESULTS, figures
-from quality_bench.launch import machine
+from quality_bench.launch import command, machine
 from quality_bench.markdown import minutes, read_results, render, write_results, write_section
+
+from rnnfarm.layout import Run
+from rnnfarm.storage import Store
 
 
 def measure(figure: str, args: argparse.Namespace) -> None:
@@ -105,6 +109,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--run-minutes", type=float, default=4)
     p.add_argument("--corpus-minutes", type=float, default=0.4)
     sub.add_parser("render", help="regenerate the BENCHMARKS.md section from the results file")
+    p = sub.add_parser("cuts", help="the quality run kept (--keep) under char-rnn's and nanoGPT's evaluations")
+    p.add_argument("--run", required=True, help="the run's folder on storage")
     return parser
 
 
@@ -128,6 +134,20 @@ def main() -> None:
 
     if args.figure == "render":
         write_section(args.benchmarks, render(read_results(args.results)))
+        return
+    if args.figure == "cuts":  # the quality figure's kept run, scored under the published figures' cuts
+        theirs = figures.their_cuts(args.run)
+        results = read_results(args.results)
+        corpus = Store.at(Run(Store.at(args.run)).info()["corpus"]["url"])
+        results["figures"]["shakespeare"]["ngram"] = figures.ngram_beside(corpus)
+        theirs["scored"] = {
+            "command": command(),
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "commit": machine()["commit"],
+        }
+        results["figures"]["shakespeare"]["theirs"] = theirs
+        write_results(args.results, results)
+        write_section(args.benchmarks, render(results))
         return
     if args.figure != "all":
         measure(args.figure, args)

@@ -253,20 +253,33 @@ def generate_text(
 
 @cli.command("evaluate")
 @click.argument("target")
-@click.option("--split", type=click.Choice(["val", "test"]), default="val", show_default=True)
+@click.option(
+    "--split",
+    type=click.Choice(["val", "test", "val+test"]),
+    default="val",
+    show_default=True,
+    help="val+test: the two scored as one text, val then test.",
+)
 @click.option("--trial", help="A trial of the run TARGET: its best kept checkpoint instead of the run's best.")
 @click.option("--storage", help="Where the checkpoint's corpus is (default: the storage its spec names).")
+@click.option("--streams", type=click.IntRange(min=1), help="Cut the split into this many streams (eval.streams).")
+@click.option("--warmup", type=click.IntRange(min=0), help="Unscored targets a stream or window starts with.")
+@click.option("--windows", type=click.IntRange(min=1), help="Score this many random windows instead (nanoGPT: 12800).")
+@click.option("--window", type=click.IntRange(min=1), help="Targets a random window scores (nanoGPT: 256).")
+@click.option("--seed", type=int, help="The draw of the random windows.")
 @_guarded
-def evaluate_command(target: str, split: str, trial: str | None, storage: str | None) -> None:
+def evaluate_command(target: str, split: str, trial: str | None, storage: str | None, **cut: int | None) -> None:
     """Print the loss of TARGET (a checkpoint folder, or a run: its best checkpoint) on a split of its corpus,
-    cut as the spec's eval section says: the same whatever the batch and workers it was trained with."""
+    cut as the spec's eval section says (the same whatever the batch and workers it was trained with), or as
+    the options here say over it."""
     from .insight.evaluate import checkpoint_loss
     from .units import bits
 
-    scored = checkpoint_loss(target, split=split, trial=trial, storage=storage)
+    asked = {name: value for name, value in cut.items() if value is not None}
+    scored = checkpoint_loss(target, split=split, trial=trial, storage=storage, cut=asked)
     click.echo(
         f"{split} loss {scored.loss:.4f} nats/char ({bits(scored.loss):.4f} bits/char) at step {scored.step} "
-        f"({scored.streams} streams, {scored.warmup} warm-up targets each)"
+        f"({scored.cut.describe()})"
     )
 
 

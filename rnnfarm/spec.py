@@ -121,10 +121,31 @@ class TrainSpec(Section):
 
 
 class EvalSpec(Section):
-    """How a split is cut for evaluation: the same whatever the batch and the workers, so losses compare."""
+    """How a split is cut for evaluation: the same whatever the batch and the workers, so losses compare.
+
+    By default the split is cut into contiguous streams, the state carried through each (char-rnn's way, with
+    a fixed number of streams). With ``windows`` it is scored in that many random windows instead, each from a
+    zero state (nanoGPT's way: 12800 windows of 256 characters)."""
 
     streams: Positive = Field(64, description="contiguous streams the split is cut into, shared among the workers")
-    warmup: int = Field(0, ge=0, description="targets at the start of each stream that build up the state, unscored")
+    warmup: int = Field(
+        0, ge=0, description="targets at the start of each stream or window that build up the state, unscored"
+    )
+    windows: Positive | None = Field(None, description="random windows scored instead of streams, none: streams")
+    window: Positive = Field(256, description="targets a random window scores (with windows)")
+    seed: int = Field(0, description="the draw of the random windows (with windows)")
+
+    @model_validator(mode="after")
+    def _warmup_within_a_window(self) -> EvalSpec:
+        if self.windows is not None and self.warmup >= self.window:
+            raise ValueError(f"warmup ({self.warmup}) must be < window ({self.window}): a window would score nothing")
+        return self
+
+    def describe(self) -> str:
+        """The cut in words, as `rnnfarm evaluate` prints it."""
+        if self.windows is None:
+            return f"{self.streams} streams, {self.warmup} warm-up targets each"
+        return f"{self.windows} random windows of {self.window}, seed {self.seed}, {self.warmup} warm-up targets each"
 
 
 class SampleSpec(Section):

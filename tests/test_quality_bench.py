@@ -36,10 +36,10 @@ def test_the_quality_sweep_and_time_to_quality_specs_are_valid_jobs_on_tiny_shak
     jobs = {name: spec.load(ROOT / "deploy" / f"shakespeare-{name}.yaml") for name in names}
     for job in jobs.values():
         assert (job.corpus.name, job.corpus.options) == ("shakespeare", {"variant": "tiny"})
-    # The third sweep holds out a test split, for the run it chooses for: chosen on val, scored once on test.
+    # The third sweep and the quality run hold out a test split: chosen on val, scored once on test.
     splits = {name: (job.corpus.val, job.corpus.test) for name, job in jobs.items()}
-    assert splits == {"sweep-regular": (0.05, 0.05)} | {
-        name: (0.1, 0.0) for name in ("quality", "sweep", "sweep-long", "ttq")
+    assert splits == {name: (0.05, 0.05) for name in ("quality", "sweep-regular")} | {
+        name: (0.1, 0.0) for name in ("sweep", "sweep-long", "ttq")
     }
     assert all(jobs[name].tune is not None for name in ("sweep", "sweep-long", "sweep-regular"))
     assert jobs["quality"].tune is None and jobs["ttq"].tune is None
@@ -84,6 +84,22 @@ def test_every_figure_records_its_command_date_and_the_load_at_its_start_and_end
         assert figure["command"].startswith(".venv/bin/python bench/quality.py ")
         assert figure["date"] and figure["bench_s"] > 0
         assert figure["load"]["start"] >= 0 and figure["load"]["end"] >= 0
+
+
+def test_the_quality_run_is_scored_beside_char_rnn_and_nanogpt_under_their_own_evaluations(results):
+    figure = results["figures"]["shakespeare"]
+    assert (figure["config"]["corpus"]["val"], figure["config"]["corpus"]["test"]) == (0.05, 0.05)
+    char_rnn, nanogpt = figure["theirs"]["char_rnn"], figure["theirs"]["nanogpt"]
+    # char-rnn: its batch of 50 streams, state carried, on the last 5% of the text (the test split)
+    assert char_rnn["split"] == "test" and char_rnn["eval"] == {"streams": 50, "warmup": 0, "window": 256, "seed": 0}
+    # nanoGPT: 200 x 64 random windows of 256 from a zero state, on the last 10% (val, then test)
+    assert nanogpt["split"] == "val+test" and {k: nanogpt["eval"][k] for k in ("windows", "window", "warmup")} == {
+        "windows": 12_800,
+        "window": 256,
+        "warmup": 0,
+    }
+    assert char_rnn["step"] == nanogpt["step"] == figure["test"]["step"]  # the one checkpoint chosen on val
+    assert all(f"--split {f['split']}" in f["command"] for f in (char_rnn, nanogpt))
 
 
 def test_the_quality_section_of_benchmarks_md_is_what_the_results_file_renders(quality, results):

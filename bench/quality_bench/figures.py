@@ -200,6 +200,8 @@ def shakespeare(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, 
     within = [r for r in rows if r["wall_s"] is not None and r["wall_s"] <= budget]
     samples = run.run.best_samples.read_json()
     test = held_out(run, data)
+    theirs = their_cuts(run.run.store.url) if test else None
+    gram = ngram_beside(Store.at(run.run.info()["corpus"]["url"])) if test else None
     cleanup(args, run)
     return {
         "command": command(),
@@ -210,6 +212,8 @@ def shakespeare(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, 
         "calibration_chars_per_s": round(rate) if rate else None,
         "config": {k: data[k] for k in ("corpus", "model", "train", "cluster")},
         "test": test,
+        "ngram": gram,
+        "theirs": theirs,
         "curve": rows,
         "best_val_loss": min(r["val_loss"] for r in rows),
         "best_within_budget": min((r["val_loss"] for r in within), default=None),
@@ -232,8 +236,48 @@ def held_out(run: Launched, data: dict[str, Any]) -> dict[str, Any] | None:
         "step": scored["test"].step,
         "val_loss": round(scored["val"].loss, 4),
         "test_loss": round(scored["test"].loss, 4),
-        "eval": {"streams": scored["test"].streams, "warmup": scored["test"].warmup},
+        "eval": scored["test"].cut.model_dump(exclude_none=True),
     }
+
+
+# The published figures' own evaluations, reproduced on the quality run's best checkpoint (train 90% | val 5% |
+# test 5%). char-rnn (train.lua, CharSplitLMMinibatchLoader): its batch_size (50) streams, each from a zero
+# state carried to its end; nanoGPT (train.py's estimate_loss with train_shakespeare_char.py): 200 batches of
+# 64 random windows of 256 characters, each from a zero state, on the last 10% of the text.
+THEIR_CUTS = {
+    "char_rnn": {"split": "test", "cut": {"streams": 50, "warmup": 0}},
+    "nanogpt": {"split": "val+test", "cut": {"windows": 12_800, "window": 256, "warmup": 0}},
+}
+
+
+def ngram_beside(corpus: Store) -> dict[str, Any]:
+    """The n-gram baseline of a run's own build: the order best on val, its val and test loss."""
+    gram = baseline(corpus)
+    order, val = gram.best("val")
+    return {
+        "method": METHOD,
+        "order": order,
+        "val_loss": round(val, 4),
+        "test_loss": round(gram.nats[order]["test"], 4),
+    }
+
+
+def their_cuts(run_url: str) -> dict[str, Any]:
+    """The best checkpoint of a run under char-rnn's and nanoGPT's evaluations, as `rnnfarm evaluate` runs them."""
+    out = {}
+    for name, how in THEIR_CUTS.items():
+        started = time.perf_counter()
+        scored = checkpoint_loss(run_url, split=how["split"], cut=how["cut"])
+        options = " ".join(f"--{k} {v}" for k, v in how["cut"].items())
+        out[name] = {
+            "command": f"rnnfarm evaluate {run_url} --split {how['split']} {options}",
+            "split": how["split"],
+            "eval": scored.cut.model_dump(exclude_none=True),
+            "step": scored.step,
+            "loss": round(scored.loss, 4),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+    return out
 
 
 def ttq(args: argparse.Namespace) -> dict[str, Any]:
@@ -449,9 +493,7 @@ def long(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
     rows = curve(run)
     corpus = Store.at(run.run.info()["corpus"]["url"])
     manifest = shards.load_manifest(corpus)
-    gram = baseline(corpus)
-    order, val = gram.best("val")
-    gram_test, budget = gram.nats[order]["test"], args.minutes * 60
+    budget = args.minutes * 60
     test = held_out(run, data)
     samples = run.run.best_samples.read_json()
     cleanup(args, run)
@@ -469,7 +511,7 @@ def long(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
         "best_val_loss": min(r["val_loss"] for r in rows),
         "best_within_budget": min((r["val_loss"] for r in rows if r["wall_s"] and r["wall_s"] <= budget), default=None),
         "test": test,
-        "ngram": {"method": METHOD, "order": order, "val_loss": round(val, 4), "test_loss": round(gram_test, 4)},
+        "ngram": ngram_beside(corpus),
         "first_step_s": run.since("first step"),
         "wall_s": run.wall_s,
         "samples": samples,

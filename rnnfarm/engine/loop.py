@@ -30,7 +30,7 @@ from ..units import bits, now
 from . import checkpoint
 from .average import Average, applied, make_average
 from .model import CharRNN, State, detach, generate, state_from_tensors, state_tensors
-from .streams import Streams, eval_streams, streams_for
+from .streams import Streams, Windows, eval_cut, streams_for
 
 
 class Session(Protocol):
@@ -132,46 +132,50 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def evaluate(
-    model: CharRNN, streams: Streams | None, *, warmup: int, device: torch.device, dtype: torch.dtype | None
+    model: CharRNN, cut: Streams | Windows | None, *, warmup: int, device: torch.device, dtype: torch.dtype | None
 ) -> torch.Tensor:
-    """Summed loss (nats) and count of the scored targets of the streams, state carried across their windows;
-    the first ``warmup`` targets of each stream only build up the state. Sums are kept per stream in float64,
-    so that a stream's share does not depend on which others it was evaluated with."""
+    """Summed loss (nats) and count of the scored targets of an evaluation cut, state carried across a stream's
+    windows and zero where a batch starts afresh (a random window); the first ``warmup`` targets after a fresh
+    start only build up the state. Sums are kept per row in float64, so that a stream's share does not depend
+    on which others it was evaluated with."""
     total = torch.zeros(2, dtype=torch.float64, device=device)
-    if streams is None:  # a rank without evaluation streams adds nothing to the all-reduced sums
+    if cut is None:  # a rank without evaluation streams adds nothing to the all-reduced sums
         return total
     model.eval()
-    per_stream = torch.zeros(streams.data.shape[0], dtype=torch.float64, device=device)
+    rows = torch.zeros((), dtype=torch.float64, device=device)
     state: State | None = None
     position = 0
     with torch.no_grad(), autocast(device, dtype):
-        for x, y in streams.windows_for_eval():
+        for x, y, fresh in cut.batches():
+            if fresh:
+                total[0] += rows.sum()
+                rows, state, position = torch.zeros((), dtype=torch.float64, device=device), None, 0
             x, y = to_device(x, device), to_device(y, device)
             logits, state = model(x, state)
             losses = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")
             scored = max(0, min(y.shape[1], warmup - position))  # warm-up targets of this window
-            per_stream += losses[:, scored:].double().sum(dim=1)
+            rows = rows + losses[:, scored:].double().sum(dim=1)
             total[1] += y[:, scored:].numel()
             position += y.shape[1]
     model.train()
-    total[0] = per_stream.sum()
+    total[0] += rows.sum()
     return total
 
 
 def evaluate_split(job: Job, folder: Path, split: str = "test", device: str | torch.device | None = None) -> float:
     """Loss in nats/char of a checkpoint on a whole split of the job's corpus, in this process.
 
-    The split is cut by the spec's ``eval`` section, as training cuts val, so a test loss compares with the
-    val losses the run reported. It runs on this process's GPU if it has one.
+    The split (or splits joined, ``val+test``) is cut by the spec's ``eval`` section, as training cuts val, so
+    a test loss compares with the val losses the run reported. It runs on this process's GPU if it has one.
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     spec, t = job.spec, job.spec.train
     manifest = shards.load_manifest(job.corpus)
     vocab = Vocab.from_json(manifest["vocab"])
-    streams = eval_streams(job.corpus, manifest, split, vocab, spec=spec.eval, seq_len=t.seq_len, rank=0, world=1)
+    cut = eval_cut(job.corpus, manifest, split, vocab, spec=spec.eval, seq_len=t.seq_len, rank=0, world=1)
     model = checkpoint.load_model(folder, device)[0]
     dtype = autocast_dtype(t.precision, device)
-    total = evaluate(model, streams, warmup=spec.eval.warmup, device=device, dtype=dtype)
+    total = evaluate(model, cut, warmup=spec.eval.warmup, device=device, dtype=dtype)
     return float(total[0] / total[1])
 
 
@@ -310,7 +314,7 @@ class Worker:
     manifest: dict[str, Any]
     vocab: Vocab
     train_streams: Streams
-    val_streams: Streams | None  # None on a rank without evaluation streams
+    val_cut: Streams | Windows | None  # None on a rank without evaluation streams or windows
     model: CharRNN
     optimizer: torch.optim.Optimizer
     average: Average | None  # the averaged weights, with train.average
@@ -336,12 +340,12 @@ def set_up(job: Job, session: Session) -> Worker:
     vocab = Vocab.from_json(manifest["vocab"])
     where = {"rank": session.rank, "world": session.world_size}
     train_streams = streams_for(job.corpus, manifest, "train", vocab, batch=t.batch_size, seq_len=t.seq_len, **where)
-    val_streams = eval_streams(job.corpus, manifest, "val", vocab, spec=spec.eval, seq_len=t.seq_len, **where)
+    val_cut = eval_cut(job.corpus, manifest, "val", vocab, spec=spec.eval, seq_len=t.seq_len, **where)
     torch.manual_seed(t.seed)  # identical initial weights on every rank
     model = CharRNN(len(vocab), spec.model).to(session.device)
     optimizer, average = make_optimizer(model, t), make_average(model, t.average)
     torch.manual_seed(t.seed + 1 + session.rank)  # distinct dropout masks per rank
-    return Worker(job, session, manifest, vocab, train_streams, val_streams, model, optimizer, average, dtype, logger)
+    return Worker(job, session, manifest, vocab, train_streams, val_cut, model, optimizer, average, dtype, logger)
 
 
 def resume(w: Worker) -> tuple[int, float, State | None, dict[str, Any]]:
@@ -429,7 +433,7 @@ def train_step(w: Worker, x: torch.Tensor, y: torch.Tensor, state: State | None,
 def validate(w: Worker) -> float:
     """The val loss over every worker's streams, in nats/char, of the averaged weights with averaging."""
     with applied(w.average, w.model):
-        total = evaluate(w.model, w.val_streams, warmup=w.job.spec.eval.warmup, device=w.device, dtype=w.dtype)
+        total = evaluate(w.model, w.val_cut, warmup=w.job.spec.eval.warmup, device=w.device, dtype=w.dtype)
         total = w.session.all_reduce(total)
     return float(total[0] / total[1])
 

@@ -8,6 +8,7 @@ one worker with batch N*B sees.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
@@ -21,9 +22,29 @@ from ..spec import EvalSpec
 from ..storage import Store
 
 
+def parts(manifest: dict[str, Any], split: str) -> list[tuple[str, int]]:
+    """The splits a split name joins (``val+test``: val, then test) with their token counts."""
+    names = split.split("+")
+    missing = [name for name in names if manifest["splits"].get(name, {}).get("tokens", 0) < 1]
+    if missing:
+        raise UserError(f"the corpus has no {missing[0]} split (set corpus.{missing[0]} when building it)")
+    return [(name, manifest["splits"][name]["tokens"]) for name in names]
+
+
 def load_tokens(folder: Store, manifest: dict[str, Any], split: str, start: int, stop: int, vocab: Vocab) -> np.ndarray:
-    """Token ids of tokens ``start..stop`` of a split, reading only the shards that hold them."""
-    return shards.read_tokens(folder, manifest, split, start, stop, vocab)
+    """Token ids of tokens ``start..stop`` of a split (or of splits joined, ``val+test``), reading only the
+    shards that hold them."""
+    pieces, offset = [], 0
+    for name, n in parts(manifest, split):
+        a, b = max(start - offset, 0), min(stop - offset, n)
+        if a < b:
+            pieces.append(shards.read_tokens(folder, manifest, name, a, b, vocab))
+        offset += n
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces or [np.empty(0, dtype=vocab.dtype)])
+
+
+def split_tokens(manifest: dict[str, Any], split: str) -> int:
+    return sum(n for _, n in parts(manifest, split))
 
 
 @dataclass
@@ -82,12 +103,13 @@ class Streams:
             self.epoch, self.pos = self.epoch + 1, 0
         return x, y, starts
 
-    def windows_for_eval(self):
-        """Every window of the streams once, the last one possibly shorter (the whole split)."""
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
+        """Every window of the streams once, the last one possibly shorter (the whole split), state carried
+        from the first (the only one that starts afresh)."""
         L = self.data.shape[1] - 1
         for a in range(0, L, self.seq_len):
             b = min(a + self.seq_len, L)
-            yield self.data[:, a:b].long(), self.data[:, a + 1 : b + 1].long()
+            yield self.data[:, a:b].long(), self.data[:, a + 1 : b + 1].long(), a == 0
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "pos": self.pos}
@@ -114,6 +136,54 @@ def streams_for(
     return Streams(load_tokens(folder, manifest, split, start, stop, vocab), layout)
 
 
+class Windows:
+    """This rank's share of random windows of a split (nanoGPT's evaluation), each scored from a zero state,
+    read ``batch`` windows at a time."""
+
+    def __init__(self, tokens: np.ndarray, starts: np.ndarray, length: int, batch: int = 64) -> None:
+        self.tokens, self.starts, self.length, self.batch = tokens, starts, length, batch
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
+        offsets = np.arange(self.length + 1)
+        for i in range(0, len(self.starts), self.batch):
+            rows = torch.from_numpy(self.tokens[self.starts[i : i + self.batch, None] + offsets].astype(np.int64))
+            yield rows[:, :-1], rows[:, 1:], True
+
+
+def eval_cut(
+    folder: Store,
+    manifest: dict[str, Any],
+    split: str,
+    vocab: Vocab,
+    *,
+    spec: EvalSpec,
+    seq_len: int,
+    rank: int,
+    world: int,
+) -> Streams | Windows | None:
+    """This rank's share of a split as the spec's ``eval`` cuts it: streams, or random windows (``eval.windows``)."""
+    if spec.windows is None:
+        return eval_streams(folder, manifest, split, vocab, spec=spec, seq_len=seq_len, rank=rank, world=world)
+    return eval_windows(folder, manifest, split, vocab, spec=spec, rank=rank, world=world)
+
+
+def eval_windows(
+    folder: Store, manifest: dict[str, Any], split: str, vocab: Vocab, *, spec: EvalSpec, rank: int, world: int
+) -> Windows | None:
+    """This rank's windows: ``spec.windows`` starts drawn uniformly from the split with ``spec.seed`` (the same
+    draw for any number of ranks), rank r of W taking every W-th from the r-th; None if it has none."""
+    n = split_tokens(manifest, split)
+    if n <= spec.window:
+        raise UserError(
+            f"eval.window {spec.window}: the {split} split holds {n} tokens, too few for one window and its "
+            "last target: lower eval.window"
+        )
+    starts = np.random.default_rng(spec.seed).integers(0, n - spec.window, size=spec.windows)[rank::world]
+    if not len(starts):
+        return None
+    return Windows(load_tokens(folder, manifest, split, 0, n, vocab), starts, spec.window)
+
+
 def eval_streams(
     folder: Store,
     manifest: dict[str, Any],
@@ -130,7 +200,7 @@ def eval_streams(
     The split is cut into ``spec.streams`` streams (fewer for a split shorter than that), one target per stream
     at least, whatever the batch and the workers; rank r of W takes streams ``r*S//W .. (r+1)*S//W - 1``.
     """
-    n = manifest["splits"][split]["tokens"]
+    n = split_tokens(manifest, split)
     total = max(1, min(spec.streams, n - 1))
     length = (n - 1) // total
     if spec.warmup >= length:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .. import spec as specs
 from ..corpus.build import build
@@ -18,12 +19,19 @@ from .sample import local_checkpoint
 class Scored:
     loss: float  # nats per char
     step: int
-    streams: int
-    warmup: int
+    cut: specs.EvalSpec
 
 
-def checkpoint_loss(target: str, *, split: str = "val", trial: str | None = None, storage: str | None = None) -> Scored:
-    """The loss of the checkpoint ``target`` names (a checkpoint folder, or a run: its best) on ``split``.
+def checkpoint_loss(
+    target: str,
+    *,
+    split: str = "val",
+    trial: str | None = None,
+    storage: str | None = None,
+    cut: dict[str, Any] | None = None,
+) -> Scored:
+    """The loss of the checkpoint ``target`` names (a checkpoint folder, or a run: its best) on ``split`` (or
+    splits joined, ``val+test``), cut as its spec's ``eval`` says with ``cut``'s settings over it.
 
     The corpus is the one the checkpoint was trained on, found (or rebuilt) under the storage its spec names,
     or ``storage``; a corpus that is not the same text any more is refused.
@@ -31,6 +39,9 @@ def checkpoint_loss(target: str, *, split: str = "val", trial: str | None = None
     with local_checkpoint(target, trial=trial) as folder:
         meta = checkpoint.load_meta(folder)
         job_spec = specs.parse(meta.get("spec"), f"{target}: the checkpoint's spec")
+        if cut:
+            changed = {**meta["spec"], "eval": {**job_spec.eval.model_dump(), **cut}}
+            job_spec = specs.parse(changed, "the evaluation cut asked for")
         root = Store.at(storage or job_spec.storage)
         built = build(root, job_spec.corpus)
         if built.manifest["fingerprint"] != meta["corpus"]["fingerprint"]:
@@ -38,8 +49,9 @@ def checkpoint_loss(target: str, *, split: str = "val", trial: str | None = None
                 f"{target}: the corpus under {root.url} is not the text this checkpoint was trained on "
                 "(another fingerprint): pass --storage with the run's storage"
             )
-        if built.manifest["splits"].get(split, {}).get("tokens", 0) < 2:
-            raise UserError(f"{target}: its corpus has no {split} split (set corpus.{split} when training)")
+        for part in split.split("+"):
+            if built.manifest["splits"].get(part, {}).get("tokens", 0) < 2:
+                raise UserError(f"{target}: its corpus has no {part} split (set corpus.{part} when training)")
         job = Job(job_spec, built.folder, Run.under(root, job_spec.name).trial())
         loss = evaluate_split(job, folder, split)
-    return Scored(loss, meta["step"], job_spec.eval.streams, job_spec.eval.warmup)
+    return Scored(loss, meta["step"], job_spec.eval)
