@@ -551,11 +551,13 @@ def render_corpora(s: dict[str, Any], figures: dict[str, Any]) -> list[str]:
     ]
     found = figures.get("ngram", {}).get("rows", [])
     grams = {(g["corpus"], json.dumps(g["options"], sort_keys=True)): g for g in found}
+    apart = 0
     for r in s["rows"]:
         g = grams.get((r["corpus"], json.dumps(r["options"], sort_keys=True)))
         gram = f"{bits(g['val_loss']):.4f} ({g['order']})" if g else "-"
         if g and g["train_chars"] != r["train_chars"]:  # another build's split of the documents
             gram += f" on {g['train_chars']:,} train chars"
+            apart += 1
         out.append(
             f"| {r['label']} | {r['train_chars']:,} | {r['val_chars']:,} | {r['vocab']} | {r['epochs']} "
             f"| {fmt(r['train_s'], 0)} s | {r['val_loss']:.4f} | {r['val_bpc']:.4f} | {gram} |"
@@ -566,9 +568,14 @@ def render_corpora(s: dict[str, Any], figures: dict[str, Any]) -> list[str]:
             "",
             f"The n-gram column: `{n['command']}`, {n['method']}, fit on its build's train split, the order (of "
             f"{n['orders'][0]} to {n['orders'][-1]}) best on val; {measured(n)}. A dash where the figure has no "
-            "row for a corpus. Where the column names other train chars, the n-gram's build split the corpus's "
-            "documents by a later rule than the LSTM's row (a val set of other documents): the two figures of "
-            "that row are not on one cut until `bench/quality.py corpora` is measured again.",
+            "row for a corpus. "
+            + (
+                "Where the column names other train chars, the n-gram's build split the corpus's documents by "
+                "another rule than the LSTM's row (a val set of other documents): the two figures of that row "
+                "are not on one cut until `bench/quality.py corpora` is measured again."
+                if apart
+                else "Each row's n-gram was fit on a build with the LSTM row's train characters: one cut."
+            ),
         ]
     out += [
         "",
