@@ -190,9 +190,10 @@ def test_a_sweep_on_a_terminal_shows_its_trials_table_with_the_trial_asha_stoppe
     spec = spec_file(
         tmp_path,
         "swept",
-        train={"steps": 60, "eval_every": 20},
+        # 200 steps: hidden 8 still has steps left when ASHA's stop reaches it (test_tune.py's sweep says why)
+        train={"steps": 200, "eval_every": 20},
         tune={
-            # hidden 8 learns far slower than hidden 64: ASHA stops it at its first rung.
+            # hidden 8 learns far slower than hidden 64: ASHA stops it at a rung.
             "space": {"model.hidden": {"grid": [64, 8]}},
             "samples": 1,
             "concurrency": 1,
