@@ -23,9 +23,10 @@ from ..storage import Store
 
 
 def parts(manifest: dict[str, Any], split: str) -> list[tuple[str, int]]:
-    """The splits a split name joins (``val+test``: val, then test) with their token counts."""
+    """The splits a split name joins (``val+test``: val, then test) with their token counts; a split without
+    a target (fewer than 2 tokens) is refused."""
     names = split.split("+")
-    missing = [name for name in names if manifest["splits"].get(name, {}).get("tokens", 0) < 1]
+    missing = [name for name in names if manifest["splits"].get(name, {}).get("tokens", 0) < 2]
     if missing:
         raise UserError(f"the corpus has no {missing[0]} split (set corpus.{missing[0]} when building it)")
     return [(name, manifest["splits"][name]["tokens"]) for name in names]
