@@ -6,6 +6,7 @@ from that file; the other sections are left as they are.
 
     .venv/bin/python bench/quality.py sweep --minutes 25          # a Tune sweep for a tiny-Shakespeare config
     .venv/bin/python bench/quality.py sweep-regular --minutes 50  # weight drop x weight averaging
+    .venv/bin/python bench/quality.py sweep-regular --steps 600 --minutes 75  # its trials sized for the Xeon
     .venv/bin/python bench/quality.py placement                   # 2 workers x 1 thread, or 1 worker x 2 threads
     .venv/bin/python bench/quality.py shakespeare --minutes 30    # deploy/shakespeare-quality.yaml
     .venv/bin/python bench/quality.py long --corpus linux --minutes 30   # or --corpus complete (the plays)
@@ -77,6 +78,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep-regular", help="the third sweep: weight drop and weight averaging")
     p.add_argument("--spec", default=str(DEPLOY / "shakespeare-sweep-regular.yaml"))
     p.add_argument("--minutes", type=float, default=50)
+    p.add_argument("--steps", type=int, help="trials of this many steps (the spec's schedule stretched to them)")
     p = sub.add_parser("placement", help="2 workers x 1 thread against 1 worker x 2 threads")
     p.add_argument("--spec", default=str(DEPLOY / "shakespeare-quality.yaml"))
     p.add_argument("--steps", type=int, default=150)

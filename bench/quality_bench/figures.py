@@ -36,6 +36,7 @@ from .launch import (
     read_spec,
     shorten,
     steady_rate,
+    stretch,
     training_seconds,
     wait_quiet,
 )
@@ -73,7 +74,10 @@ def sweep(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
     """rnnfarm's Tune stage on tiny Shakespeare for ``--minutes``: the config the quality run uses. With
     ``--from-sweep`` it starts from the first sweep's best settings, except those it searches itself."""
     data = read_spec(args.spec)
-    shorten(data, args.minutes * 60 / data["tune"]["time_budget_s"])  # trials that still finish in a short budget
+    if getattr(args, "steps", None):  # trials of that many steps, sized for this machine
+        stretch(data, args.steps)
+    else:  # trials that still finish in a short budget
+        shorten(data, args.minutes * 60 / data["tune"]["time_budget_s"])
     inherited = {}
     if getattr(args, "from_sweep", False):
         best = results["figures"]["sweep"]["best"]["settings"]
@@ -187,9 +191,7 @@ def shakespeare(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, 
         with tempfile.TemporaryDirectory(prefix="rnnfarm-calibration-", dir=args.storage) as elsewhere:
             rate = calibrate(args, data, Path(elsewhere))  # the corpus built there: the run builds its own
         trains = rate * CALIBRATION_HOLDS * max(0.0, args.minutes * 60 - LONG_OVERHEAD_S)
-        steps = max(10, round(trains / chars_per_step(data)))
-        evals = max(1, t["steps"] // t["eval_every"])
-        t |= {"steps": steps, "eval_every": max(1, steps // evals), "warmup_steps": min(t["warmup_steps"], steps // 10)}
+        stretch(data, max(10, round(trains / chars_per_step(data))))
     else:  # a shorter budget than the spec needs scales its steps down; about a minute goes to start-up and evals
         shorten(data, max(0.0, args.minutes - 1) / (SPEC_MINUTES - 1))
         load = wait_quiet(args)

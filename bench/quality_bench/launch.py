@@ -146,6 +146,13 @@ def shorten(data: dict[str, Any], scale: float) -> None:
         scheduler["grace_period"] = max(1, round(scheduler["grace_period"] * scale))
 
 
+def stretch(data: dict[str, Any], steps: int) -> None:
+    """Give spec ``data`` ``steps`` training steps with as many evaluations as before, warmup at most a tenth."""
+    t = data["train"]
+    evals = max(1, t["steps"] // t["eval_every"])
+    t |= {"steps": steps, "eval_every": max(1, steps // evals), "warmup_steps": min(t["warmup_steps"], steps // 10)}
+
+
 def read_spec(path: str | Path) -> dict[str, Any]:
     return yaml.safe_load(Path(path).read_text())
 
