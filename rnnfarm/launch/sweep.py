@@ -108,7 +108,7 @@ class TrialEnds(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: tune.experiment.Trial, **info: Any) -> None:
         settings = settings_of(trial.config or {})
-        log.get("rnnfarm.tune").info("trial started", run=self.run, trial=trial.trial_id, settings=settings)
+        log.get("rnnfarm.tune").info("trial started", run=self.run.name, trial=trial.trial_id, settings=settings)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: tune.experiment.Trial, **info: Any) -> None:
         self._log(trial, failed=False)
