@@ -6,7 +6,7 @@ from that file; the other sections are left as they are.
 
     .venv/bin/python bench/quality.py sweep --minutes 25          # a Tune sweep for a tiny-Shakespeare config
     .venv/bin/python bench/quality.py sweep-regular --minutes 50  # weight drop x weight averaging
-    .venv/bin/python bench/quality.py sweep-regular --steps 600 --minutes 75  # its trials sized for the Xeon
+    .venv/bin/python bench/quality.py sweep-regular --steps 600 --minutes 75  # 600-step trials, whatever the spec
     .venv/bin/python bench/quality.py placement                   # 2 workers x 1 thread, or 1 worker x 2 threads
     .venv/bin/python bench/quality.py shakespeare --minutes 30    # deploy/shakespeare-quality.yaml
     .venv/bin/python bench/quality.py long --corpus linux --minutes 30   # or --corpus complete (the plays)
