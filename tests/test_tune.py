@@ -75,7 +75,12 @@ def test_a_sweep_stops_trials_early_archives_samples_and_promotes_the_best(swept
     assert "best_val_loss" in result.output and "stopped" in result.output  # the table on the terminal
     events = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
     names = [e["event"] for e in events]
+    started = [e for e in events if e["event"] == "trial started"]  # each named by its run and its settings
+    assert sorted((e["run"], e["trial"], e["settings"]["model.hidden"]) for e in started) == sorted(
+        ("sweep", r["trial"], r["model.hidden"]) for r in rows
+    )
     ended = [e for e in events if e["event"] == "trial ended"]  # each logged as its trial ends, one each
+    assert all(e["run"] == "sweep" for e in ended)
     assert sorted(e["trial"] for e in ended) == sorted(r["trial"] for r in rows)
     assert all(e["status"] in ("completed", "stopped") and e["best_val_loss"] for e in ended)
     assert max(i for i, name in enumerate(names) if name == "trial ended") < names.index("sweep ended")
