@@ -6,9 +6,16 @@ import pytest
 
 from rnnfarm import log, spec
 from rnnfarm.corpus.build import build
+from rnnfarm.engine.loop import cpu_has_bf16_kernels
 from rnnfarm.storage import Store
 
 log.configure("json")
+
+# Both precisions; bf16 only where this CPU runs oneDNN's bf16 kernels (test_reliability checks the refusal).
+PRECISIONS = [
+    "fp32",
+    pytest.param("bf16", marks=pytest.mark.skipif(not cpu_has_bf16_kernels(), reason="no bf16 kernels: no AVX-512")),
+]
 
 
 @pytest.fixture(scope="session")

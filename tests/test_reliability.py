@@ -38,6 +38,7 @@ from rnnfarm.cli import cli
 from rnnfarm.corpus import hookimpl, registry, shards
 from rnnfarm.corpus.build import build
 from rnnfarm.corpus.sources import cache_dir
+from rnnfarm.engine import loop
 from rnnfarm.engine.loop import Job, LocalSession, train
 from rnnfarm.errors import UserError
 from rnnfarm.layout import RAY_SNAPSHOT, Run, Trial
@@ -390,6 +391,16 @@ def test_a_run_name_that_would_leave_the_runs_folder_is_refused(tmp_path):
 def test_resources_this_ray_cannot_give_are_refused_before_anything_is_written(ray_local, tmp_path):
     job = make_spec(str(tmp_path / "storage"), cluster={"workers": 3})
     refused(invoke("run", write_spec(tmp_path / "job.yaml", job)), "one trial needs 3 CPUs")
+    assert not (tmp_path / "storage").exists()
+
+
+def test_bf16_forced_on_a_cpu_without_its_kernels_is_refused_before_anything_is_written(
+    ray_local, tmp_path, monkeypatch
+):
+    # The probe is replaced where this CPU has AVX-512: no CPU without it can be made to appear here.
+    monkeypatch.setattr(loop, "cpu_has_bf16_kernels", lambda: False)
+    job = make_spec(str(tmp_path / "storage"), train={"precision": "bf16"})
+    refused(invoke("run", write_spec(tmp_path / "job.yaml", job)), "train.precision bf16: this CPU has no bf16 kernel")
     assert not (tmp_path / "storage").exists()
 
 

@@ -16,6 +16,8 @@ from rnnfarm.corpus.vocab import Vocab
 from rnnfarm.engine.streams import load_tokens
 from rnnfarm.storage import Store
 
+from .conftest import PRECISIONS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -42,7 +44,7 @@ def setting(throughput, tmp_path_factory):
     return args, built, tokens, len(vocab)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", PRECISIONS)
 def test_the_throughput_benchmarks_two_loops_give_the_same_first_losses(throughput, setting, precision):
     args, built, tokens, vocab = setting
     args.precision = precision

@@ -14,7 +14,7 @@ from rnnfarm.layout import Run
 from rnnfarm.spec import ModelSpec, TrainSpec
 from rnnfarm.storage import Store
 
-from .conftest import make_spec
+from .conftest import PRECISIONS, make_spec
 
 
 def run_in_process(shakespeare, tmp_path, **sections):
@@ -88,7 +88,7 @@ def tensors(folder, name):
     return load_file(str(folder / name))
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", PRECISIONS)
 def test_resuming_after_a_stop_continues_bitwise_like_a_run_that_never_stopped(shakespeare, tmp_path, precision):
     sections = {
         "model": {"layers": 2, "hidden": 32, "dropout": 0.2},  # dropout: the RNG state must be restored too

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from .. import log, redact
 from ..corpus import shards
 from ..corpus.vocab import Vocab
-from ..errors import Diverged
+from ..errors import Diverged, UserError
 from ..layout import CHECKPOINTS, Trial, checkpoint_name
 from ..spec import JobSpec, TrainSpec
 from ..storage import Store
@@ -80,10 +80,25 @@ class LocalSession:
         self.reports.append(metrics)
 
 
+def cpu_has_bf16_kernels() -> bool:
+    """Whether this CPU runs oneDNN's bf16 kernels, the fused LSTM's among them (they need AVX-512)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def refuse_bf16_without_kernel(precision: str, device: torch.device) -> None:
+    """``bf16`` forced on a CPU without oneDNN's bf16 kernels: one line, not oneDNN's error mid-step."""
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16_kernels():
+        raise UserError(
+            "train.precision bf16: this CPU has no bf16 kernel for the fused LSTM (oneDNN's needs AVX-512): "
+            "set train.precision to auto (fp32 on this CPU) or fp32"
+        )
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``precision``: ``auto`` takes bf16 where the CPU or GPU computes it natively."""
     if precision == "fp32":
         return None
+    refuse_bf16_without_kernel(precision, device)
     if device.type == "cuda":
         supported = torch.cuda.is_bf16_supported()
     else:

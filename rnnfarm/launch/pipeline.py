@@ -11,7 +11,7 @@ from typing import Any
 from .. import credentials, log
 from ..corpus.build import build, plugin
 from ..corpus.vocab import Vocab
-from ..engine.loop import Job, evaluate_split
+from ..engine.loop import Job, evaluate_split, refuse_bf16_without_kernel
 from ..errors import TrainingFailed, UserError
 from ..insight import report
 from ..layout import SINGLE_TRIAL, Run
@@ -156,6 +156,10 @@ def ensure_ray(spec: JobSpec) -> float:
         )
     gpus = ray.cluster_resources().get("GPU", 0)
     placed = spec.tune.resources if spec.tune else spec.cluster
+    if address == "local" and not placed.use_gpu:  # the workers are this machine's CPUs
+        import torch
+
+        refuse_bf16_without_kernel(spec.train.precision, torch.device("cpu"))
     if placed.use_gpu and placed.workers > gpus and address == "local":
         where = "tune.resources" if spec.tune else "cluster"
         raise UserError(
