@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from rnnfarm import spec
 from rnnfarm.cli import cli
 from rnnfarm.errors import UserError
-from rnnfarm.launch.submit import Cluster
+from rnnfarm.launch.submit import TERMINAL, Cluster
 from rnnfarm.layout import Run
 from rnnfarm.runs import leaderboard
 from rnnfarm.storage import Store
@@ -44,12 +44,19 @@ def cluster():
 
 @pytest.fixture
 def logged_in(cluster, s3, monkeypatch):
-    """This process holds what a user's shell would: the cluster's token and the S3 credentials."""
+    """This process holds what a user's shell would: the cluster's token and the S3 credentials. A job a
+    failed test left running is stopped after it, so that its CPUs go back to the tests after it."""
     monkeypatch.setenv("RAY_AUTH_TOKEN", cluster.token)
     for name, value in s3.env().items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    return cluster
+    yield cluster
+    monkeypatch.setenv("RAY_AUTH_TOKEN", cluster.token)  # a test may have set a wrong one
+    jobs = Cluster.at(cluster.dashboard)
+    for job in jobs.client.list_jobs():
+        if str(job.status) not in TERMINAL:
+            jobs.stop(job.submission_id)
+            jobs.wait(job.submission_id, timeout=60)
 
 
 def spec_file(tmp_path: Path, **sections) -> str:
@@ -167,7 +174,7 @@ def test_ctrl_c_detaches_and_jobs_stop_ends_the_job_and_gives_its_cpus_back(logg
         wait_for(lambda: any('"event": "eval"' in line for line in lines), 240, "training to start")
     finally:
         following.send_signal(signal.SIGINT)
-        following.wait(30)
+        following.wait(120)  # the client leaves its log stream, prints how to follow again, and exits
     out = "".join(lines)
     assert following.returncode == 130, out[-3000:]
     job = job_id(out)
