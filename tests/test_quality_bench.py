@@ -66,6 +66,21 @@ def test_the_third_sweep_trains_the_quality_runs_model_and_optimizer_for_half_it
     assert space == {"model.weight_drop", "train.average.kind"} and sweep.tune.scheduler.kind == "none"
 
 
+def test_trials_stretched_to_other_steps_keep_their_evaluations_and_average_over_the_same_share():
+    from bench.quality_bench.launch import stretch
+
+    data = {
+        "train": {"steps": 1200, "eval_every": 200, "warmup_steps": 100, "average": {"kind": "ema", "decay": 0.998}}
+    }
+    stretch(data, 600)
+    t = data["train"]
+    assert (t["steps"], t["eval_every"], t["warmup_steps"]) == (600, 100, 60)
+    assert t["average"]["decay"] == pytest.approx(0.996)  # a horizon of 250 steps, not 500: the same share
+    swa = {"train": {"steps": 1000, "eval_every": 100, "warmup_steps": 0, "average": {"kind": "swa", "start": 750}}}
+    stretch(swa, 2000)
+    assert swa["train"]["average"]["start"] == 1500 and swa["train"]["eval_every"] == 200
+
+
 def test_every_figure_records_its_command_date_and_the_load_at_its_start_and_end(results):
     assert results["machine"]["cores"] and results["machine"]["torch"] and results["machine"]["ray"]
     assert set(results["figures"]) == {

@@ -147,9 +147,17 @@ def shorten(data: dict[str, Any], scale: float) -> None:
 
 
 def stretch(data: dict[str, Any], steps: int) -> None:
-    """Give spec ``data`` ``steps`` training steps with as many evaluations as before, warmup at most a tenth."""
+    """Give spec ``data`` ``steps`` training steps with as many evaluations as before, warmup at most a tenth,
+    and a weight average over the same share of the run: an EMA's horizon, 1 / (1 - decay), and SWA's start
+    scale with the steps."""
     t = data["train"]
-    evals = max(1, t["steps"] // t["eval_every"])
+    evals, scale = max(1, t["steps"] // t["eval_every"]), steps / t["steps"]
+    if "average" in t:
+        a = t["average"]
+        if "decay" in a:
+            a["decay"] = 1 - (1 - a["decay"]) / scale
+        if "start" in a:
+            a["start"] = round(a["start"] * scale)
     t |= {"steps": steps, "eval_every": max(1, steps // evals), "warmup_steps": min(t["warmup_steps"], steps // 10)}
 
 
