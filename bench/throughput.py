@@ -40,7 +40,7 @@ from torch import nn
 from rnnfarm import log, spec
 from rnnfarm.corpus.build import build
 from rnnfarm.corpus.vocab import Vocab
-from rnnfarm.engine.loop import Job, LocalSession, autocast_dtype, train
+from rnnfarm.engine.loop import Job, LocalSession, autocast_dtype, cpu_has_bf16_kernels, train
 from rnnfarm.engine.streams import load_tokens
 from rnnfarm.layout import Trial
 from rnnfarm.storage import Store
@@ -182,6 +182,8 @@ def main() -> None:
     parser.add_argument("--regularize", type=float, default=0.0, help="every regularizer of rnnfarm's model at this")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
+    if args.precision == "bf16" and args.device == "cpu" and not cpu_has_bf16_kernels():
+        parser.error("--precision bf16: this CPU has no bf16 kernel for the fused LSTM (it needs AVX-512)")
     log.configure("json", level=40)
 
     built = build(Store.at(args.storage), job_spec(args, 1, 1).corpus)
