@@ -257,7 +257,7 @@ def render_shakespeare(s: dict[str, Any], figures: dict[str, Any]) -> list[str]:
             "past that point the model fits the training text and no longer the val text.",
         ]
     elif goal == "not met":
-        out += ["", still_falling(s)]
+        out += still_falling(s)
     samples = s["samples"]
     out += ["", f"Samples of the best checkpoint (step {samples['step']}, val {samples['val_loss']:.4f}):", ""]
     for sample in samples["samples"]:
@@ -265,20 +265,24 @@ def render_shakespeare(s: dict[str, Any], figures: dict[str, Any]) -> list[str]:
     return out
 
 
-def still_falling(s: dict[str, Any]) -> str:
-    """What stops a run short of the goal when its val loss has not turned up: the steps that fit the budget."""
+def still_falling(s: dict[str, Any]) -> list[str]:
+    """What stops a run short of the goal when its val loss still fell over its last quarter: the steps that
+    fit the budget. Nothing where it did not."""
     rows, steps = s["curve"], s["config"]["train"]["steps"]
     last = rows[-1]
     earlier = next(r for r in rows if r["wall_s"] >= 0.75 * last["wall_s"])
+    if last["val_loss"] >= earlier["val_loss"]:
+        return []
     rates = sorted(r["chars_per_s"] for r in rows)
     sized = s.get("calibration_chars_per_s")
     why = f", the steps that its calibration ({sized:,} chars/s) fits in the budget" if sized else ""
-    return (
+    return [
+        "",
         f"What limits it: the budget's steps, not overfitting. Val was still falling when the run ended "
         f"({earlier['val_loss']:.4f} at {minutes(earlier['wall_s'])}, {last['val_loss']:.4f} at "
         f"{minutes(last['wall_s'])}), after {steps} steps ({last['epoch'] + 1} epochs) at a median of "
-        f"{rates[len(rates) // 2]:,} chars/s{why}."
-    )
+        f"{rates[len(rates) // 2]:,} chars/s{why}.",
+    ]
 
 
 def held_out_lines(test: dict[str, Any] | None) -> list[str]:
