@@ -24,6 +24,7 @@ import re
 import secrets
 import shlex
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -234,20 +235,35 @@ class Cluster:
             return self.client.stop_job(job_id)
 
     def follow(self, job_id: str, out: Callable[[str], None]):
-        """Stream the job's logs to ``out`` until it ends; its final details."""
+        """Stream the job's logs to ``out`` until it ends; its final details.
+
+        The stream runs in a daemon thread while this one waits on it, so that ctrl-C (KeyboardInterrupt, here)
+        leaves at once, whatever closing the stream's websocket would wait for."""
         import aiohttp
 
-        async def tail() -> None:
-            async for chunk in self.client.tail_job_logs(job_id):
-                out(redact.scrub(chunk))
+        broke: list[BaseException] = []
+
+        def tail() -> None:
+            async def chunks() -> None:
+                async for chunk in self.client.tail_job_logs(job_id):
+                    out(redact.scrub(chunk))
+
+            try:
+                asyncio.run(chunks())
+            except BaseException as exc:  # handed to the waiting thread
+                broke.append(exc)
 
         with self._translated(job_id):
             self.info(job_id)  # a job that does not exist is one line, not a broken stream
-            try:
-                asyncio.run(tail())
-            except (RuntimeError, aiohttp.ClientError) as exc:
+            streaming = threading.Thread(target=tail, name="rnnfarm-job-logs", daemon=True)
+            streaming.start()
+            while streaming.is_alive():
+                streaming.join(0.2)
+            if broke and not isinstance(broke[0], RuntimeError | aiohttp.ClientError):
+                raise broke[0]
+            if broke:
                 log.get("rnnfarm.submit").warning(
-                    "the log stream broke; waiting for the job to end", job=job_id, reason=redact.scrub(str(exc))
+                    "the log stream broke; waiting for the job to end", job=job_id, reason=redact.scrub(str(broke[0]))
                 )
         return self.wait(job_id)
 
