@@ -163,7 +163,7 @@ def test_ctrl_c_detaches_and_jobs_stop_ends_the_job_and_gives_its_cpus_back(logg
     )
     following = subprocess.Popen(
         [*RNNFARM, "run", path],
-        env=cli_env(),
+        env={**cli_env(), "PYTHONFAULTHANDLER": "1"},  # SIGABRT prints its threads' stacks, should it hang
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -174,7 +174,12 @@ def test_ctrl_c_detaches_and_jobs_stop_ends_the_job_and_gives_its_cpus_back(logg
         wait_for(lambda: any('"event": "eval"' in line for line in lines), 240, "training to start")
     finally:
         following.send_signal(signal.SIGINT)
-        following.wait(120)  # the client leaves its log stream, prints how to follow again, and exits
+        try:
+            following.wait(120)  # the client leaves its log stream, prints how to follow again, and exits
+        except subprocess.TimeoutExpired:
+            following.send_signal(signal.SIGABRT)
+            following.wait(30)
+            pytest.fail("no exit within 120 s of ctrl-C; what it printed, its stacks last:\n" + "".join(lines)[-8000:])
     out = "".join(lines)
     assert following.returncode == 130, out[-3000:]
     job = job_id(out)
