@@ -40,8 +40,9 @@ from torch import nn
 from rnnfarm import log, spec
 from rnnfarm.corpus.build import build
 from rnnfarm.corpus.vocab import Vocab
-from rnnfarm.engine.loop import Job, LocalSession, autocast_dtype, cpu_has_bf16_kernels, train
+from rnnfarm.engine.loop import Job, LocalSession, autocast_dtype, refuse_bf16_without_kernel, train
 from rnnfarm.engine.streams import load_tokens
+from rnnfarm.errors import UserError
 from rnnfarm.layout import Trial
 from rnnfarm.storage import Store
 
@@ -182,8 +183,10 @@ def main() -> None:
     parser.add_argument("--regularize", type=float, default=0.0, help="every regularizer of rnnfarm's model at this")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
-    if args.precision == "bf16" and args.device == "cpu" and not cpu_has_bf16_kernels():
-        parser.error("--precision bf16: this CPU has no bf16 kernel for the fused LSTM (it needs AVX-512)")
+    try:
+        refuse_bf16_without_kernel(args.precision, torch.device(args.device))
+    except UserError as exc:
+        parser.error(str(exc))
     log.configure("json", level=40)
 
     built = build(Store.at(args.storage), job_spec(args, 1, 1).corpus)
