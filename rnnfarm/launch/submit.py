@@ -259,9 +259,9 @@ class Cluster:
             streaming.start()
             while streaming.is_alive():
                 streaming.join(0.2)
-            if broke and not isinstance(broke[0], RuntimeError | aiohttp.ClientError):
-                raise broke[0]
             if broke:
+                if not isinstance(broke[0], RuntimeError | aiohttp.ClientError):
+                    raise broke[0]
                 log.get("rnnfarm.submit").warning(
                     "the log stream broke; waiting for the job to end", job=job_id, reason=redact.scrub(str(broke[0]))
                 )
