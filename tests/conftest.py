@@ -17,6 +17,15 @@ PRECISIONS = [
     pytest.param("bf16", marks=pytest.mark.skipif(not cpu_has_bf16_kernels(), reason="no bf16 kernels: no AVX-512")),
 ]
 
+# The longest files, run first: the two test processes (pyproject.toml) then end close together, not one
+# of them running a long file alone at the end.
+LONGEST = ["test_reliability.py", "test_cluster.py", "test_terminal.py", "test_tune.py", "test_pull.py"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST)))  # stable: the rest keep their order
+
 
 @pytest.fixture(scope="session")
 def ray_local():

@@ -86,6 +86,7 @@ def test_every_figure_records_its_command_date_and_the_load_at_its_start_and_end
     assert set(results["figures"]) == {
         "sweep",
         "sweep_long",
+        "sweep_regular",
         "ngram",
         "long_linux",
         "long_complete",
