@@ -172,9 +172,8 @@ def shakespeare(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, 
     from the headline 30 minutes to ``--minutes``."""
     data = read_spec(args.spec)
     settings, slower = {}, 1.0
-    # The first sweep's shape and learning rate, the second's regularization. Not the third's weight drop:
-    # its 600-step trials put 0.3 first by 0.0024, and 1200 steps with it gave val 1.4337 where the
-    # recorded run without it gave 1.4112 (deploy/shakespeare-sweep-regular.yaml).
+    # The first sweep's shape and learning rate, the second's regularization; not the third's weight drop,
+    # which lost at the run's length (deploy/shakespeare-sweep-regular.yaml gives the figures).
     if args.from_sweep:
         found = results["figures"]["sweep"]
         settings = found["best"]["settings"]
