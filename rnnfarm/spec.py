@@ -175,7 +175,8 @@ class ClusterSpec(Section):
     cluster's image has rnnfarm; ``source``: this checkout's packages travel with the job), Ray runtime-env
     additions (pip packages, variables that are no secret), the names of variables whose values travel
     from here to every Ray worker of the job, the driver's own resources, the variable holding the cluster's
-    auth token, and whether a storage folder is one every node mounts at the same path.
+    auth token, and whether a storage folder is one every node mounts at the same path. The last two say how
+    long workers may wait to be placed, and whether the cluster grows while they wait.
     """
 
     address: str = "local"
@@ -190,6 +191,12 @@ class ClusterSpec(Section):
     entrypoint_resources: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
     token_env: str = "RAY_AUTH_TOKEN"
     storage_shared: bool = False
+    placement_timeout_s: PositiveFloat = Field(
+        60.0, description="how long a run's workers may wait for room before the run fails, naming what holds it"
+    )
+    autoscaling: bool = Field(
+        False, description="the cluster adds nodes for waiting work (an autoscaler, KubeRay): waiting has no limit"
+    )
 
     @field_validator("address")
     @classmethod

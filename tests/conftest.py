@@ -27,6 +27,63 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST)))  # stable: the rest keep their order
 
 
+def left_in_ray(wait_s: float = 30.0) -> list[str]:
+    """What a run left in the shared test Ray, after ``wait_s`` for Ray to finish what was already on its way:
+    placement groups not removed, and actors alive that are not detached (Serve's and Ray's own singletons are)
+    or are Ray Train's detached placement-group cleaner."""
+    import time
+
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+
+    from rnnfarm.engine import placement
+
+    def look() -> list[str]:
+        left = [f"placement group {g.id} {g.resources}" for g in placement.groups() if not g.detached]
+        for raw in state._connect_and_get_accessor().get_actor_table(None, "ALIVE"):
+            actor = gcs_pb2.ActorTableData.FromString(raw)
+            if not actor.is_detached or actor.class_name == "PlacementGroupCleaner":
+                left.append(f"actor {actor.class_name} {actor.actor_id.hex()}")
+        return left
+
+    deadline = time.monotonic() + wait_s
+    while (left := look()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def clear_ray() -> None:
+    """Kill every actor and remove every placement group ``left_in_ray`` names, so later tests get the CPUs."""
+    import ray
+    from ray._private.state import state
+    from ray._private.worker import global_worker
+    from ray.core.generated import gcs_pb2
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    from rnnfarm.engine import placement
+
+    for raw in state._connect_and_get_accessor().get_actor_table(None, "ALIVE"):
+        actor = gcs_pb2.ActorTableData.FromString(raw)
+        if not actor.is_detached or actor.class_name == "PlacementGroupCleaner":
+            global_worker.core_worker.kill_actor(ray.ActorID(actor.actor_id), True)
+    for group in placement.groups():
+        if not group.detached:
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(group.id)))
+
+
+@pytest.fixture(autouse=True)
+def ray_left_as_found(request):
+    """Every test that uses the shared Ray leaves it as it found it: a leak fails the test that made it (and is
+    cleared, so the tests after it still get their CPUs)."""
+    yield
+    if "ray_local" not in request.fixturenames:
+        return
+    left = left_in_ray()
+    if left:
+        clear_ray()
+        pytest.fail(f"left in Ray after the test: {left}", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A real local Ray instance (2 CPUs), shared by every test that trains through Ray."""

@@ -198,12 +198,12 @@ def test_ctrl_c_detaches_and_jobs_stop_ends_the_job_and_gives_its_cpus_back(logg
     stopped = CliRunner().invoke(cli, ["jobs", "stop", job, *where])
     assert stopped.exit_code == 0 and f"job {job}: STOPPED" in stopped.output, stopped.output
 
-    def released() -> bool:
+    def released() -> bool:  # every actor of the job (Train's and Tune's, their detached cleaner too) and group
         groups = cluster.state("placement_groups", ("creator_job_id", "=", job_hex))
-        workers = cluster.state("actors", ("class_name", "=", "RayTrainWorker"), ("job_id", "=", job_hex))
-        return all(g["state"] == "REMOVED" for g in groups) and all(w["state"] == "DEAD" for w in workers)
+        actors = cluster.state("actors", ("job_id", "=", job_hex))
+        return all(g["state"] == "REMOVED" for g in groups) and all(a["state"] == "DEAD" for a in actors)
 
-    wait_for(released, 60, "the stopped job's workers and placement groups to go")
+    wait_for(released, 60, "the stopped job's actors and placement groups to go")
     again = CliRunner().invoke(cli, ["jobs", "stop", job, *where])
     assert again.exit_code == 0 and "had already ended: STOPPED" in again.output
 

@@ -18,7 +18,7 @@ from ray.train.torch import TorchTrainer
 from .. import credentials, log
 from ..errors import Diverged, TrainingFailed
 from ..layout import Trial
-from . import checkpoint
+from . import checkpoint, placement
 from .loop import Job, train
 
 
@@ -111,11 +111,13 @@ def failure_reason(exc: ray.train.TrainingFailedError) -> str:
     return "; ".join(reasons)
 
 
-def fit(job: Job, log_format: str, callbacks: list | None = None) -> ray.train.Result:
+def fit(job: Job, log_format: str, callbacks: list | None = None, *, sweep: bool = False) -> ray.train.Result:
     """Run the job's training on Ray Train; checkpoints land in the job's trial folder on storage.
 
     Lost workers are restarted from the latest checkpoint up to ``train.max_failures`` times; past
-    that, or when the loss diverged past ``train.max_rollbacks``, :class:`TrainingFailed` says why.
+    that, when the loss diverged past ``train.max_rollbacks``, or when the workers found no room within
+    ``cluster.placement_timeout_s`` (a sweep's trial waits on for the sweep's other trials),
+    :class:`TrainingFailed` says why. However it ends, it leaves no actor or placement group of its own in Ray.
     """
     spec = job.spec
     raise_if_diverged(job.trial)
@@ -143,8 +145,16 @@ def fit(job: Job, log_format: str, callbacks: list | None = None) -> ray.train.R
         ),
     )
     credentials.deposit()  # the job's storage credentials, for its workers (none where this is a worker)
+    waiting = placement.Waiting(
+        workers=spec.cluster.workers,
+        per_worker={"CPU": spec.cluster.cpus_per_worker, "GPU": 1.0 if spec.cluster.use_gpu else 0.0},
+        timeout_s=spec.cluster.placement_timeout_s,
+        can_grow=spec.cluster.autoscaling,
+        patient=sweep,
+        trial=job.trial.name,
+    )
     try:
-        result = trainer.fit()
+        result = placement.bounded(trainer.fit, waiting)
     except ray.train.TrainingFailedError as exc:
         raise TrainingFailed(f"training failed: {failure_reason(exc)}") from None
     raise_if_diverged(job.trial)

@@ -47,7 +47,19 @@ ALERT = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b")
 QUIET_SOURCES = ("pid=autoscaler", "PlacementGroupCleaner")  # status dumps; clean-up after stopped trials
 SHOWN = {"warning": 30, "error": 40, "critical": 50, "info": 20, "debug": 10}
 # The fields a short line keeps, in order, with how each reads.
-BRIEF = ("status", "step", "steps", "val_loss", "train_loss", "best_val_loss", "trials", "error", "reason", "url")
+BRIEF = (
+    "status",
+    "step",
+    "steps",
+    "val_loss",
+    "train_loss",
+    "best_val_loss",
+    "trials",
+    "error",
+    "reason",
+    "url",
+    "held_by",
+)
 
 
 def _duration(seconds: float) -> str:
@@ -197,10 +209,12 @@ class Display:
         self.best: dict[str, float] = {}
         self.settings: dict[str, dict[str, Any]] = {}
         self.status: dict[str, str] = {}
+        self.waiting: dict[str, str] = {}  # trial -> what its workers wait for ("waiting for 2 CPU")
         self.live = Live(console=console, get_renderable=self.renderable, refresh_per_second=2, transient=False)
 
     def observe(self, event: dict[str, Any]) -> None:
-        """Events that change what the display shows: a trial starts (its settings) or ends (its status)."""
+        """Events that change what the display shows: a trial starts (its settings), waits for room for its workers
+        (what it waits for) or ends (its status)."""
         trial = event.get("trial")
         if not trial:
             return
@@ -210,6 +224,11 @@ class Display:
                 self.status.setdefault(trial, "running")
             elif event.get("event") == "trial ended":
                 self.status[trial] = str(event.get("status"))
+                self.waiting.pop(trial, None)
+            elif str(event.get("event", "")).startswith("waiting for "):
+                self.waiting[trial] = str(event["event"])
+            elif event.get("event") == "workers placed":
+                self.waiting.pop(trial, None)
 
     def evaluated(self, trial: str, m: dict[str, Any]) -> None:
         """A new evaluation the trial stored."""
@@ -242,7 +261,8 @@ class Display:
         bar = self._bar()
         m = self.latest.get(SINGLE_TRIAL)
         if m is None:
-            info = f"step 0/{self.steps} · waiting for the first evaluation · {_duration(self._elapsed())}"
+            waiting = self.waiting.get(SINGLE_TRIAL, "waiting for the first evaluation")
+            info = f"step 0/{self.steps} · {waiting} · {_duration(self._elapsed())}"
             bar.add_task("train", total=self.steps, completed=0, info=info)
             return bar
         parts = {
@@ -278,7 +298,7 @@ class Display:
         for trial in sorted(self.status):
             status = self.status[trial]
             m = self.latest.get(trial)
-            shown = "stopped (ASHA)" if status == "stopped" else status
+            shown = "stopped (ASHA)" if status == "stopped" else self.waiting.get(trial, status)
             cells = [trial, Text(shown, style=styles.get(status, ""))]
             cells += [_number(self.settings.get(trial, {}).get(k, "-")) for k in keys]
             if m is None:

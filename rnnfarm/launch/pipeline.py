@@ -128,8 +128,8 @@ def join_cluster(spec: JobSpec) -> None:
 def ensure_ray(spec: JobSpec) -> float:
     """Start an embedded Ray (``local``) or join this machine's cluster (``auto``); returns its CPUs.
 
-    One trial must fit an embedded Ray; a cluster may grow (an autoscaler adds nodes as trials wait),
-    so there a trial larger than the cluster is only a warning.
+    One trial must fit an embedded Ray, and a cluster of fixed size; where ``cluster.autoscaling`` says the cluster
+    adds nodes as trials wait, a trial larger than the cluster is only a warning.
     """
     import ray
 
@@ -147,12 +147,13 @@ def ensure_ray(spec: JobSpec) -> float:
     need = trial_cpus(spec)
     if need > have:
         where = "tune.resources" if spec.tune else "cluster"
-        if address == "auto":
+        if spec.cluster.autoscaling:
             log.get("rnnfarm.run").warning("one trial needs more CPUs than the cluster has now", need=need, have=have)
             return have
         raise UserError(
             f"{where}: one trial needs {need:g} CPUs (workers x cpus_per_worker), this Ray has {have:g}: "
             f"lower {where}.workers or {where}.cpus_per_worker"
+            + (", or set cluster.autoscaling: true if this cluster adds nodes" if address == "auto" else "")
         )
     gpus = ray.cluster_resources().get("GPU", 0)
     placed = spec.tune.resources if spec.tune else spec.cluster

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +22,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import BasicVariantGenerator
 
 from .. import credentials, log
+from ..engine import placement
 from ..engine.loop import Job
 from ..engine.ray_train import fit
 from ..layout import EXPERIMENT, Run
@@ -93,7 +96,7 @@ def driver(config: dict[str, Any], *, base: JobSpec, corpus: Store, run: Run, lo
     trial = run.trial(trial_id)
     trial.config.write_json({"trial": trial_id, "settings": settings, "spec": comparable(spec)})
     try:
-        fit(Job(spec, corpus, trial), log_format, callbacks=[TuneReportCallback()])
+        fit(Job(spec, corpus, trial), log_format, callbacks=[TuneReportCallback()], sweep=True)
     finally:
         archive.consolidate(trial)
 
@@ -117,6 +120,7 @@ class TrialEnds(tune.Callback):
         self._log(trial, failed=True)
 
     def _log(self, trial: tune.experiment.Trial, *, failed: bool) -> None:
+        placement.remove_orphans()  # what an ASHA-stopped trial's controller left would hold the next trial's CPUs
         state = trial_state(self.run.trial(trial.trial_id), target=self.steps, failed=failed)
         log.get("rnnfarm.tune").info(
             "trial ended",
@@ -186,6 +190,21 @@ def _unseen_by_tune() -> Iterator[None]:
         os.environ.update(hidden)
 
 
+@contextlib.contextmanager
+def _handlers_kept() -> Iterator[None]:
+    """Tune's SIGINT and SIGUSR1 handlers (``tune.tune._setup_signal_catching``) stay after the sweep, and would
+    swallow the next ctrl-C of a process that goes on (a notebook): the ones before it are put back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    kept = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGUSR1)}
+    try:
+        yield
+    finally:
+        for signum, handler in kept.items():
+            signal.signal(signum, handler)
+
+
 def sweep(spec: JobSpec, run: Run, corpus: Store, log_format: str, concurrency: int) -> list[TrialEnd]:
     """Run (or resume) the sweep; how each trial ended, for the leaderboard."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no progress tables on stdout
@@ -194,8 +213,11 @@ def sweep(spec: JobSpec, run: Run, corpus: Store, log_format: str, concurrency: 
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     started = time.perf_counter()
     credentials.deposit()
-    with _unseen_by_tune():
-        results = _tuner(spec, run, corpus, log_format, concurrency).fit()
+    try:
+        with _unseen_by_tune(), _handlers_kept():
+            results = _tuner(spec, run, corpus, log_format, concurrency).fit()
+    finally:  # the trials' processes have ended (stopped by ASHA, the time budget, ctrl-C): their controllers follow
+        placement.settle()
     ends = []
     for result in results:
         trial_id = result.path.rstrip("/").rsplit("/", 1)[-1]
