@@ -416,8 +416,7 @@ def set_up(job: Job, session: Session) -> Worker:
     logger = log.get("rnnfarm.train").bind(trial=job.trial.name, rank=session.rank)
     torch.set_num_threads(spec.cluster.threads_per_worker or max(1, int(spec.cluster.cpus_per_worker)))
     precision = precision_policy(t.precision, Capability.of(session.device))
-    if session.rank == 0:
-        logger.info("precision", asked=t.precision, runs=str(precision), device=str(session.device))
+    logger.info("precision", asked=t.precision, runs=str(precision), device=str(session.device))
     manifest = shards.load_manifest(job.corpus)
     vocab = Vocab.from_json(manifest["vocab"])
     # The streams live on the device in the vocabulary's compact dtype; batches are cut and widened there

@@ -52,7 +52,7 @@ class CharRNN(nn.Module):
 
     def train(self, mode: bool = True) -> CharRNN:
         """Switching to eval re-flattens the recurrent weights into cuDNN's one chunk, so that evaluation and
-        sampling do not copy them on every call (a no-op on a CPU, or where they already are one chunk)."""
+        sampling do not copy them on every call (a no-op on a CPU)."""
         super().train(mode)
         if not mode:
             self.rnn.flatten_parameters()
