@@ -40,7 +40,14 @@ from torch import nn
 from rnnfarm import log, spec
 from rnnfarm.corpus.build import build
 from rnnfarm.corpus.vocab import Vocab
-from rnnfarm.engine.loop import Job, LocalSession, autocast_dtype, refuse_bf16_without_kernel, train
+from rnnfarm.engine.loop import (
+    Capability,
+    Job,
+    LocalSession,
+    precision_policy,
+    refuse_bf16_without_kernel,
+    train,
+)
 from rnnfarm.engine.streams import load_tokens
 from rnnfarm.errors import UserError
 from rnnfarm.layout import Trial
@@ -124,7 +131,7 @@ def plain_loop(
     Returns chars per second, per CPU second, and each step's loss (kept on the device until the end)."""
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    dtype = autocast_dtype(args.precision, device)
+    dtype = precision_policy(args.precision, Capability.of(device)).autocast
     torch.manual_seed(SEED)
     model = PlainLSTM(vocab, args.embedding, hidden, layers).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)

@@ -109,7 +109,7 @@ class TrainSpec(Section):
         gt=1,
         description="an interval's train loss over this many times the lowest so far (first: ln vocab) diverged",
     )
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="what runs: see README, Precision")
     seed: int = 1337
     average: AverageSpec = Field(default_factory=AverageSpec, description="weight averaging (ema or swa)")
 

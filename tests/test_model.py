@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from rnnfarm.engine.loop import lr_factor
 from rnnfarm.engine.model import CharRNN
-from rnnfarm.engine.streams import Layout, Streams
+from rnnfarm.engine.streams import Layout, Streams, Windows
 from rnnfarm.spec import ModelSpec, TrainSpec
 
 
@@ -33,11 +33,17 @@ def test_every_lstm_layer_starts_with_forget_gate_bias_one():
         assert torch.equal(bias[hidden : 2 * hidden], torch.ones(hidden))  # gates are ordered i, f, g, o
 
 
-def test_dropout_sits_between_layers_and_before_the_head():
+def test_dropout_sits_between_layers_and_before_the_head_and_torch_draws_it():
     model = CharRNN(10, ModelSpec(layers=2, hidden=16, embedding=8, dropout=0.3))
-    assert model.rnn.dropout == 0.3 and model.drop.p == 0.3
-    one_layer = CharRNN(10, ModelSpec(layers=1, hidden=16, embedding=8, dropout=0.3))
-    assert one_layer.rnn.dropout == 0.0  # nothing between layers when there is one
+    x = torch.randint(0, 10, (4, 12), generator=torch.Generator().manual_seed(0))
+    assert model.drop.p == 0.3
+    assert model.rnn.dropout == 0.0  # the fused module (cuDNN's dropout state is outside torch's RNG) draws none
+    torch.manual_seed(1)
+    first = model(x)[0]
+    torch.manual_seed(1)
+    assert torch.equal(model(x)[0], first) and not torch.equal(model(x)[0], first)
+    model.eval()
+    assert torch.equal(model(x)[0], model(x)[0])
 
 
 def test_warmup_then_cosine_ends_at_the_minimum_ratio():
@@ -80,3 +86,13 @@ def test_streams_restart_at_an_epoch_boundary_and_keep_the_compact_dtype():
     assert starts == [True, False, False, False, False, True, False, False, False, False, True]
     x, y, _ = streams.next()
     assert x.dtype == torch.int64 and torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_streams_and_windows_live_on_the_device_compact_and_their_batches_are_cut_and_widened_there():
+    tokens = (np.arange(1001) % 65).astype(np.uint8)
+    streams = Streams(tokens, Layout(len(tokens), batch=4, seq_len=50, rank=0, world=1), device="meta")
+    windows = Windows(tokens, np.array([3, 70, 500]), 16, device="meta")
+    assert streams.data.device.type == "meta" and streams.data.dtype == torch.uint8  # no host copy per step
+    x, y, _ = streams.next()
+    wx, wy, _ = next(windows.batches())
+    assert {t.device.type for t in (x, y, wx, wy)} == {"meta"} and {t.dtype for t in (x, y, wx, wy)} == {torch.int64}

@@ -74,3 +74,31 @@ def test_embedding_dropout_drops_a_symbol_at_every_position_it_takes():
         assert (int(s) in dropped) == (not row.any())
         if int(s) not in dropped:
             assert torch.allclose(row, m.embed.weight[s] * 2)
+
+
+def test_dropout_between_layers_runs_one_fused_call_per_layer_with_torch_drawing_the_masks():
+    m, called = model(dropout=0.3), []
+    for layer in m._layers:
+        layer.register_forward_hook(lambda module, args, out: called.append(module))
+    m(tokens())
+    assert called == m._layers and m.rnn.dropout == 0.0  # cuDNN's own dropout state is not torch's RNG state
+
+
+def test_the_layer_by_layer_path_computes_what_the_fused_stack_does_with_the_same_masks():
+    m, x = model(dropout=0.3), tokens()
+    fused = torch.nn.LSTM(16, 32, 2, batch_first=True, dropout=0.3)  # on a CPU, it draws from torch's RNG
+    fused.load_state_dict(m.rnn.state_dict())
+    torch.manual_seed(5)
+    ours, (h, c) = m(x)
+    torch.manual_seed(5)
+    out, (fused_h, fused_c) = fused(m.embed(x))
+    assert torch.equal(ours, m.head(m.drop(out))) and torch.equal(h, fused_h) and torch.equal(c, fused_c)
+
+
+def test_switching_to_eval_flattens_the_recurrent_weights_into_one_chunk_again(monkeypatch):
+    m, flattened = model(weight_drop=0.3), []
+    monkeypatch.setattr(m.rnn, "flatten_parameters", lambda: flattened.append(True))
+    m.train()
+    assert not flattened
+    m.eval()
+    assert flattened == [True]

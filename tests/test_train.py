@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rnnfarm.engine import checkpoint
+from rnnfarm.engine import checkpoint, loop
 from rnnfarm.engine.loop import Job, LocalSession, make_optimizer, train
 from rnnfarm.engine.model import CharRNN
 from rnnfarm.errors import UserError
@@ -63,6 +63,25 @@ def test_sampling_is_deterministic_under_a_seed(shakespeare, tmp_path):
     other = "".join(sample(folder, prime="ROMEO:", length=200, temperature=0.8, seed=2))
     assert one == two and len(one) == 200
     assert one != other
+
+
+def test_evaluation_samples_are_the_text_rnnfarm_sample_draws_from_the_checkpoint_with_the_steps_seed(
+    shakespeare, tmp_path, monkeypatch
+):
+    trained, drawn_from = [], []
+    step, generate = loop.train_step, loop.generate
+    monkeypatch.setattr(loop, "train_step", lambda w, *a, **k: trained.append(w.model) or step(w, *a, **k))
+    monkeypatch.setattr(loop, "generate", lambda model, *a, **k: drawn_from.append(model) or generate(model, *a, **k))
+    _, trial = run_in_process(shakespeare, tmp_path, train=AVERAGED, samples={"temperatures": [0.8, 1.0], "length": 60})
+    # drawn from a CPU copy of the weights: a character at a time costs no device sync
+    assert drawn_from and not any(model is trained[0] for model in drawn_from)
+    assert {p.device.type for model in drawn_from for p in model.parameters()} == {"cpu"}
+    for at in (15, 30):
+        folder = str(tmp_path / "checkpoints" / f"checkpoint-{at:06d}")
+        for s in trial.samples(at).read_json()["samples"]:
+            seed = 1337 + at  # train.seed + the step
+            drawn = sample(folder, prime=s["prime"], length=60, temperature=s["temperature"], seed=seed)
+            assert s["text"] == "".join(drawn)
 
 
 def test_priming_with_characters_outside_the_vocabulary_is_refused(shakespeare, tmp_path):

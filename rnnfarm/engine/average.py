@@ -30,14 +30,13 @@ class Average:
         """Average in the parameters after an optimizer step."""
         s = self.spec
         self.steps += 1
+        averaged, params = list(self.params.values()), [p.detach() for p in model.parameters()]
         if s.kind == "swa" and self.steps <= s.start:  # before the mean starts, it follows the weights
-            for name, p in model.named_parameters():
-                self.params[name].copy_(p)
+            torch._foreach_copy_(averaged, params)
             return
         n = self.steps - s.start if s.kind == "swa" else self.steps  # updates averaged in, this one included
         weight = 1 / n if s.kind == "swa" else 1 - min(s.decay, n / (9 + n))
-        for name, p in model.named_parameters():
-            self.params[name].lerp_(p.detach(), weight)
+        torch._foreach_lerp_(averaged, params, weight)  # one kernel launch for every tensor on a GPU
 
     @contextlib.contextmanager
     def applied(self, model: torch.nn.Module) -> Iterator[None]:

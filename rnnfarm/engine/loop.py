@@ -29,7 +29,7 @@ from ..storage import Store
 from ..units import bits, now
 from . import checkpoint
 from .average import Average, applied, make_average
-from .model import CharRNN, State, detach, generate, state_from_tensors, state_tensors
+from .model import CharRNN, State, detach, generate, recurrent_dtype, state_from_tensors, state_tensors
 from .streams import Streams, Windows, eval_cut, streams_for
 
 
@@ -85,27 +85,82 @@ def cpu_has_bf16_kernels() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def refuse_bf16_without_kernel(precision: str, device: torch.device) -> None:
-    """``bf16`` forced on a CPU without oneDNN's bf16 kernels: one line, not oneDNN's error mid-step."""
-    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16_kernels():
+@dataclass(frozen=True)
+class Capability:
+    """What a device computes natively: all the precision policy decides from, so tests can pass any device's."""
+
+    device: str  # torch's device type: "cpu" or "cuda"
+    native_bf16: bool  # bf16 in hardware: AVX512-BF16 or AMX on a CPU; on a GPU, emulation not counted
+    bf16_lstm: bool  # a CPU's oneDNN has a bf16 fused LSTM (it needs AVX-512); cuDNN's has none under autocast
+
+    @classmethod
+    def of(cls, device: torch.device) -> Capability:
+        if device.type == "cuda":
+            return cls("cuda", torch.cuda.is_bf16_supported(including_emulation=False), bf16_lstm=False)
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return cls(device.type, native, bf16_lstm=cpu_has_bf16_kernels())
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What runs: autocast's dtype (None: fp32), the recurrent layers' dtype, and whether a gradient scaler
+    keeps fp16's small gradients from underflowing."""
+
+    autocast: torch.dtype | None
+    recurrent: torch.dtype
+    scaler: bool = False
+
+    def __str__(self) -> str:
+        """The log's precision line."""
+        if self.autocast is None:
+            return "fp32"
+        name = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+        text = f"{name[self.autocast]} autocast"
+        if self.recurrent != self.autocast:
+            text += f", recurrent layers {name.get(self.recurrent, 'fp32')}"
+        return text + (" with a gradient scaler" if self.scaler else "")
+
+
+FP32 = Precision(None, torch.float32)
+
+
+def precision_policy(asked: str, cap: Capability) -> Precision:
+    """What ``train.precision`` runs on a device of capability ``cap``; a choice it cannot run is refused.
+
+    bf16 runs where the device computes it natively; on a GPU the recurrent layers stay fp32 (cuDNN's RNN under
+    autocast runs fp16). fp16 runs on a GPU only, always with a gradient scaler. ``auto``: the fastest that trains
+    as fp32 does: fp16 with a scaler on a GPU (the only way cuDNN's RNN runs in half precision), bf16 on a CPU
+    with native bf16, fp32 otherwise.
+    """
+    if asked == "fp32":
+        return FP32
+    fp16 = Precision(torch.float16, recurrent_dtype(cap.device, torch.float16), scaler=True)
+    bf16 = Precision(torch.bfloat16, recurrent_dtype(cap.device, torch.bfloat16))
+    if cap.device == "cuda":
+        if asked == "bf16" and not cap.native_bf16:
+            raise UserError(
+                "train.precision bf16: this GPU has no native bf16 (only emulated, slower than fp32): "
+                "set train.precision to auto (fp16 with a gradient scaler on this GPU), fp16 or fp32"
+            )
+        return bf16 if asked == "bf16" else fp16
+    if asked == "fp16":
+        raise UserError(
+            "train.precision fp16: only on a GPU (this CPU's oneDNN has no fp16 LSTM): "
+            f"set train.precision to auto ({'bf16' if cap.native_bf16 and cap.bf16_lstm else 'fp32'} on this CPU), "
+            "bf16 or fp32"
+        )
+    if asked == "bf16" and not cap.bf16_lstm:
         raise UserError(
             "train.precision bf16: this CPU has no bf16 kernel for the fused LSTM (oneDNN's needs AVX-512): "
             "set train.precision to auto (fp32 on this CPU) or fp32"
         )
+    return bf16 if asked == "bf16" or (cap.native_bf16 and cap.bf16_lstm) else FP32
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision``: ``auto`` takes bf16 where the CPU or GPU computes it natively."""
-    if precision == "fp32":
-        return None
-    refuse_bf16_without_kernel(precision, device)
-    if device.type == "cuda":
-        supported = torch.cuda.is_bf16_supported()
-    else:
-        supported = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    if precision == "bf16" or supported:
-        return torch.bfloat16
-    return None
+def refuse_bf16_without_kernel(precision: str, device: torch.device) -> None:
+    """A precision forced on a device that cannot run it (bf16 without its kernels, fp16 on a CPU): one line,
+    before anything runs, not oneDNN's error mid-step."""
+    precision_policy(precision, Capability.of(device))
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -125,25 +180,25 @@ def lr_factor(step: int, t: TrainSpec) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, t: TrainSpec) -> torch.optim.Optimizer:
+    params = list(model.parameters())
+    fused = params[0].device.type == "cuda"  # Adam's one CUDA kernel for every tensor; on a CPU, the usual path
     if t.optimizer == "adamw":  # decay the matrices (embedding, recurrent, head); biases keep their values
-        params = list(model.parameters())
         groups = [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": t.weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        return torch.optim.AdamW(groups, lr=t.lr)
+        return torch.optim.AdamW(groups, lr=t.lr, fused=fused or None)
     if t.optimizer == "sgd":  # plain: the update is the averaged gradient times the learning rate
-        return torch.optim.SGD(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay)
     if t.optimizer == "rmsprop":
-        return torch.optim.RMSprop(model.parameters(), lr=t.lr, alpha=0.95, weight_decay=t.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.RMSprop(params, lr=t.lr, alpha=0.95, weight_decay=t.weight_decay)
+    return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay, fused=fused or None)
 
 
-def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A CPU batch on the device; a GPU copy goes through pinned memory so the host does not wait for it."""
-    if device.type == "cpu":
-        return tensor
-    return tensor.pin_memory().to(device, non_blocking=True)
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a clock read after it counts that work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def evaluate(
@@ -165,7 +220,6 @@ def evaluate(
             if fresh:
                 total[0] += rows.sum()
                 rows, state, position = torch.zeros((), dtype=torch.float64, device=device), None, 0
-            x, y = to_device(x, device), to_device(y, device)
             logits, state = model(x, state)
             losses = F.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")
             scored = max(0, min(y.shape[1], warmup - position))  # warm-up targets of this window
@@ -187,21 +241,27 @@ def evaluate_split(job: Job, folder: Path, split: str = "test", device: str | to
     spec, t = job.spec, job.spec.train
     manifest = shards.load_manifest(job.corpus)
     vocab = Vocab.from_json(manifest["vocab"])
-    cut = eval_cut(job.corpus, manifest, split, vocab, spec=spec.eval, seq_len=t.seq_len, rank=0, world=1)
+    where = {"rank": 0, "world": 1, "device": device}
+    cut = eval_cut(job.corpus, manifest, split, vocab, spec=spec.eval, seq_len=t.seq_len, **where)
     model = checkpoint.load_model(folder, device)[0]
-    dtype = autocast_dtype(t.precision, device)
+    dtype = precision_policy(t.precision, Capability.of(device)).autocast
     total = evaluate(model, cut, warmup=spec.eval.warmup, device=device, dtype=dtype)
     return float(total[0] / total[1])
 
 
-def samples(model: CharRNN, vocab: Vocab, job: Job, *, step: int, device: torch.device) -> list[dict[str, Any]]:
-    """The spec's samples at an evaluation: one per temperature, each drawn with a generator seeded by the step."""
+def samples(model: CharRNN, vocab: Vocab, job: Job, *, step: int) -> list[dict[str, Any]]:
+    """The spec's samples at an evaluation: one per temperature, each drawn with a CPU generator seeded by the
+    step, from a CPU copy of the weights: a character at a time costs no device sync, and the text is what
+    ``rnnfarm sample --seed <train.seed + step>`` draws from the checkpoint."""
     s = job.spec.samples
-    prime = torch.from_numpy(vocab.encode(s.prime).astype("int64")).to(device)
+    with torch.device("meta"):  # no initialization: it would cost time and draw from the training RNG
+        cpu = CharRNN(model.vocab_size, model.spec)
+    cpu.load_state_dict({k: v.to("cpu", copy=True) for k, v in model.state_dict().items()}, assign=True)
+    prime = torch.from_numpy(vocab.encode(s.prime).astype("int64"))
     out = []
     for temperature in s.temperatures:
-        gen = torch.Generator(device=device).manual_seed(job.spec.train.seed + step)
-        ids = list(generate(model, prime, length=s.length, temperature=temperature, generator=gen))
+        gen = torch.Generator().manual_seed(job.spec.train.seed + step)
+        ids = list(generate(cpu, prime, length=s.length, temperature=temperature, generator=gen))
         out.append({"temperature": temperature, "prime": s.prime, "text": vocab.decode(ids)})
     return out
 
@@ -263,6 +323,7 @@ class Guard:
         state: State | None,
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
         streams: Streams,
         device: torch.device,
         average: Average | None,
@@ -276,6 +337,7 @@ class Guard:
                 "state": state,
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
                 "streams": streams.state_dict(),
                 "rng": rng_state(device),
                 "average": average.state_dict() if average is not None else None,
@@ -289,6 +351,7 @@ class Guard:
         *,
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
         streams: Streams,
         device: torch.device,
         average: Average | None,
@@ -305,6 +368,7 @@ class Guard:
         self.rollbacks, self.lr_scale = self.rollbacks + 1, self.lr_scale * t.rollback_lr_factor
         model.load_state_dict(good["model"])
         optimizer.load_state_dict(good["optimizer"])
+        scaler.load_state_dict(good["scaler"])
         streams.load_state_dict(good["streams"])
         set_rng_state(good["rng"], device)
         if average is not None:
@@ -332,8 +396,9 @@ class Worker:
     val_cut: Streams | Windows | None  # None on a rank without evaluation streams or windows
     model: CharRNN
     optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler  # enabled with fp16 only
     average: Average | None  # the averaged weights, with train.average
-    dtype: torch.dtype | None  # autocast's, None in fp32
+    precision: Precision
     logger: Any
 
     @property
@@ -350,17 +415,21 @@ def set_up(job: Job, session: Session) -> Worker:
     spec, t = job.spec, job.spec.train
     logger = log.get("rnnfarm.train").bind(trial=job.trial.name, rank=session.rank)
     torch.set_num_threads(spec.cluster.threads_per_worker or max(1, int(spec.cluster.cpus_per_worker)))
-    dtype = autocast_dtype(t.precision, session.device)
+    precision = precision_policy(t.precision, Capability.of(session.device))
+    logger.info("precision", asked=t.precision, runs=str(precision), device=str(session.device))
     manifest = shards.load_manifest(job.corpus)
     vocab = Vocab.from_json(manifest["vocab"])
-    where = {"rank": session.rank, "world": session.world_size}
+    # The streams live on the device in the vocabulary's compact dtype; batches are cut and widened there
+    where = {"rank": session.rank, "world": session.world_size, "device": session.device}
     train_streams = streams_for(job.corpus, manifest, "train", vocab, batch=t.batch_size, seq_len=t.seq_len, **where)
     val_cut = eval_cut(job.corpus, manifest, "val", vocab, spec=spec.eval, seq_len=t.seq_len, **where)
     torch.manual_seed(t.seed)  # identical initial weights on every rank
     model = CharRNN(len(vocab), spec.model).to(session.device)
     optimizer, average = make_optimizer(model, t), make_average(model, t.average)
+    scaler = torch.amp.GradScaler(session.device.type, enabled=precision.scaler)
     torch.manual_seed(t.seed + 1 + session.rank)  # distinct dropout masks per rank
-    return Worker(job, session, manifest, vocab, train_streams, val_cut, model, optimizer, average, dtype, logger)
+    parts = (manifest, vocab, train_streams, val_cut, model, optimizer, scaler, average, precision, logger)
+    return Worker(job, session, *parts)
 
 
 def resume(w: Worker) -> tuple[int, float, State | None, dict[str, Any]]:
@@ -369,11 +438,13 @@ def resume(w: Worker) -> tuple[int, float, State | None, dict[str, Any]]:
         if folder is None:
             return 0, math.inf, None, {}
         trainer = checkpoint.load_optimizer(folder, w.optimizer)
+        if trainer.get("scaler"):  # absent from checkpoints of runs without a scaler (or older than scalers)
+            w.scaler.load_state_dict(trainer["scaler"])
         restore_weights(w, folder, trainer)
         w.train_streams.load_state_dict(trainer["streams"])
         worker = checkpoint.load_worker(folder, rank=w.rank)
         set_rng_state(worker, w.device)
-        state = state_from_tensors({k: v.to(w.device) for k, v in worker.items()})
+        state = state_from_tensors(worker, w.device)
         w.logger.info("resumed", step=trainer["step"], checkpoint=folder.name)
         # "divergence" is absent from checkpoints older than rollbacks
         return trainer["step"], trainer["best_val_loss"], state, trainer.get("divergence", {})
@@ -425,21 +496,25 @@ class Interval:
 
 
 def train_step(w: Worker, x: torch.Tensor, y: torch.Tensor, state: State | None, *, lr: float):
-    """One optimizer step: forward, backward, the workers' mean gradient, clipped; the loss and the norm."""
-    x, y = to_device(x, w.device), to_device(y, w.device)
+    """One optimizer step: forward, backward, the workers' mean gradient, clipped; the loss and the norm.
+
+    With fp16 the loss is scaled before backward and the gradients unscaled after averaging: every rank then
+    holds the same gradients, so every rank's scaler skips the same steps and keeps the same scale."""
     for group in w.optimizer.param_groups:
         group["lr"] = lr
-    with autocast(w.device, w.dtype):
+    with autocast(w.device, w.precision.autocast):
         logits, state = w.model(x, state)
     loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
     state = detach(state)
     w.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    w.scaler.scale(loss).backward()
     w.session.average_gradients(w.model)
+    w.scaler.unscale_(w.optimizer)
     clip, norm = w.job.spec.train.grad_clip, None
     if clip:  # after averaging: the workers' mean gradient is what gets clipped
         norm = torch.nn.utils.clip_grad_norm_(w.model.parameters(), clip)
-    w.optimizer.step()
+    w.scaler.step(w.optimizer)
+    w.scaler.update()
     if w.average is not None:
         w.average.update(w.model)
     return loss.detach(), norm, state
@@ -448,7 +523,8 @@ def train_step(w: Worker, x: torch.Tensor, y: torch.Tensor, state: State | None,
 def validate(w: Worker) -> float:
     """The val loss over every worker's streams, in nats/char, of the averaged weights with averaging."""
     with applied(w.average, w.model):
-        total = evaluate(w.model, w.val_cut, warmup=w.job.spec.eval.warmup, device=w.device, dtype=w.dtype)
+        dtype = w.precision.autocast
+        total = evaluate(w.model, w.val_cut, warmup=w.job.spec.eval.warmup, device=w.device, dtype=dtype)
         total = w.session.all_reduce(total)
     return float(total[0] / total[1])
 
@@ -486,8 +562,11 @@ def store(w: Worker, metrics: dict[str, Any], *, best: float, state: State | Non
             save_weights(w, folder, step=step, val_loss=val_loss, metrics=metrics)
             streams = w.train_streams.state_dict()
             average = {"average": {"steps": w.average.steps}} if w.average is not None else {}
+            scaler = {"scaler": w.scaler.state_dict()} if w.precision.scaler else {}
             checkpoint.save_optimizer(
-                folder, w.optimizer, {"step": step, "best_val_loss": best, "streams": streams, **average, **trainer}
+                folder,
+                w.optimizer,
+                {"step": step, "best_val_loss": best, "streams": streams, **scaler, **average, **trainer},
             )
             w.logger.info("eval", **{k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
         checkpoint.save_worker(folder, {**rng_state(w.device), **state_tensors(state)}, rank=w.rank)
@@ -502,7 +581,7 @@ def save_weights(w: Worker, folder: Path, *, step: int, val_loss: float, metrics
     if w.average is not None:
         checkpoint.save_raw(folder, w.model)
     with applied(w.average, w.model):
-        drawn = samples(w.model, w.vocab, job, step=step, device=w.device)
+        drawn = samples(w.model, w.vocab, job, step=step)
         job.trial.samples(step).write_json({"step": step, "val_loss": val_loss, "samples": drawn})
         job.trial.metrics(step).write_json(metrics)
         meta = {
@@ -523,8 +602,8 @@ def train(job: Job, session: Session) -> dict[str, Any]:
     step, best, state, divergence = resume(w)
     resumed_from = step
     guard = Guard(t, len(w.vocab), divergence, w.logger)
-    kept = {"model": w.model, "optimizer": w.optimizer, "streams": w.train_streams, "device": w.device}
-    kept["average"] = w.average
+    kept = {"model": w.model, "optimizer": w.optimizer, "scaler": w.scaler, "streams": w.train_streams}
+    kept |= {"device": w.device, "average": w.average}
     guard.keep(guard.reference, step=step, best=best, state=state, **kept)
     started = time.perf_counter()
     interval = Interval(min(t.eval_every, t.steps), w.device)
@@ -538,6 +617,7 @@ def train(job: Job, session: Session) -> dict[str, Any]:
         interval.add(loss, norm)
         step += 1
         if step == resumed_from + 1:
+            synchronize(w.device)  # a GPU step is only queued when train_step returns
             w.logger.info("first step", step=step, seconds=round(time.perf_counter() - started, 3))
         if step % t.log_every == 0 and step % t.eval_every and w.rank == 0:
             w.logger.info("step", step=step, loss=round(interval.unlogged_loss(), 4))

@@ -2,8 +2,9 @@
 
 The regularizers of the spec (weight drop, locked and embedding dropout) act only while training, and all
 keep the fused recurrent kernel (oneDNN on a CPU, cuDNN on a GPU): the recurrent matrices are dropped before
-the fused op is called with them, never unrolled here. The stored weights and the inference path are the
-plain multi-layer module's.
+the fused op is called with them, never unrolled here. Dropout between layers is drawn by torch, between one
+fused call per layer: cuDNN's own dropout draws from a state that torch's RNG state does not hold, so a resumed
+run would draw other masks. The stored weights and the inference path are the plain multi-layer module's.
 """
 
 from __future__ import annotations
@@ -27,20 +28,15 @@ class CharRNN(nn.Module):
         self.spec, self.vocab_size = spec, vocab_size
         cell = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[spec.cell]
         self.embed = nn.Embedding(vocab_size, spec.embedding)
-        self.rnn = cell(
-            spec.embedding,
-            spec.hidden,
-            spec.layers,
-            batch_first=True,
-            dropout=spec.dropout if spec.layers > 1 else 0.0,
-        )
+        # No dropout of its own: between layers it is drawn by torch (``_layer_by_layer``), so resume is exact
+        self.rnn = cell(spec.embedding, spec.hidden, spec.layers, batch_first=True)
         self.drop = nn.Dropout(spec.dropout)
         self.head = nn.Linear(spec.hidden, vocab_size)
         if spec.cell == "lstm":
             self._forget_bias_one()
         # One single-layer module per layer, on the meta device and not registered (no weights, no state_dict
-        # keys): the shape the fused op is called in when locked dropout goes between layers. It runs only with
-        # the multi-layer module's own weights, swapped in.
+        # keys): the shape the fused op is called in when dropout goes between layers. It runs only with the
+        # multi-layer module's own weights, swapped in.
         self._layers = [
             cell(spec.embedding if k == 0 else spec.hidden, spec.hidden, 1, batch_first=True, device="meta")
             for k in range(spec.layers)
@@ -54,11 +50,24 @@ class CharRNN(nn.Module):
                 getattr(self.rnn, f"bias_ih_l{layer}")[h : 2 * h].fill_(1.0)
                 getattr(self.rnn, f"bias_hh_l{layer}")[h : 2 * h].fill_(0.0)
 
+    def train(self, mode: bool = True) -> CharRNN:
+        """Switching to eval re-flattens the recurrent weights into cuDNN's one chunk, so that evaluation and
+        sampling do not copy them on every call (a no-op on a CPU)."""
+        super().train(mode)
+        if not mode:
+            self.rnn.flatten_parameters()
+        return self
+
+    @property
+    def _between(self) -> bool:
+        """Whether dropout goes between the layers, so the stack runs a layer at a time while training."""
+        return self.spec.layers > 1 and bool(self.spec.dropout or self.spec.dropout_between)
+
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """(B, T) token ids -> (B, T, V) logits and the state after the last step."""
         s = self.spec
-        if not self.training or not (s.weight_drop or s.dropout_input or s.dropout_between or s.dropout_embedding):
-            out, state = self.rnn(self.embed(x), state)
+        if not self.training or not (s.weight_drop or s.dropout_input or s.dropout_embedding or self._between):
+            out, state = _recurrent(self.rnn, self.embed(x), state)
             return self.head(self.drop(out)), state
         out, state = self._regularized(x, state)
         return self.head(self.drop(out)), state
@@ -75,18 +84,19 @@ class CharRNN(nn.Module):
             keep = torch.empty(table.shape[0], 1, device=table.device).bernoulli_(1 - s.dropout_embedding)
             table = table * keep / (1 - s.dropout_embedding)
         inp = locked_dropout(F.embedding(x, table), s.dropout_input)
-        if not s.dropout_between or s.layers == 1:
-            return functional_call(self.rnn, weights, (inp, state))
+        if not self._between:
+            return _recurrent(self.rnn, inp, state, weights)
         return self._layer_by_layer(inp, state, weights)
 
     def _layer_by_layer(self, inp: Tensor, state: State | None, weights: dict[str, Tensor]) -> tuple[Tensor, State]:
-        """The stack one layer at a time (each still one fused call), with locked dropout between the layers."""
+        """The stack one layer at a time (each still one fused call), with torch's dropout and locked dropout
+        between the layers."""
         s, finals = self.spec, []
         for k, layer in enumerate(self._layers):
             names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
             own = {f"{n}_l0": weights[f"{n}_l{k}"] for n in names}
             hx = None if state is None else _layer_state(state, k)
-            inp, final = functional_call(layer, own, (inp, hx))
+            inp, final = _recurrent(layer, inp, hx, own)
             finals.append(final)
             if k < s.layers - 1:
                 inp = locked_dropout(F.dropout(inp, s.dropout, self.training), s.dropout_between)
@@ -97,6 +107,27 @@ class CharRNN(nn.Module):
 
 def _layer_state(state: State, k: int) -> State:
     return (state[0][k : k + 1], state[1][k : k + 1]) if isinstance(state, tuple) else state[k : k + 1]
+
+
+def recurrent_dtype(device_type: str, autocast_dtype: torch.dtype) -> torch.dtype:
+    """The dtype the recurrent layers compute in under autocast of ``autocast_dtype``. Under CUDA autocast,
+    cuDNN's RNN is cast to fp16 whatever dtype autocast was given (ATen/cudnn/AutocastRNN.cpp), so there a
+    bf16 autocast leaves the recurrent layers out, in fp32."""
+    if device_type == "cuda" and autocast_dtype != torch.float16:
+        return torch.float32
+    return autocast_dtype
+
+
+def _recurrent(
+    module: nn.Module, inp: Tensor, state: State | None, weights: dict[str, Tensor] | None = None
+) -> tuple[Tensor, State]:
+    """One fused recurrent call, with ``weights`` in place of the module's own where given; outside autocast,
+    in fp32, where autocast would not compute in its own dtype (``recurrent_dtype``)."""
+    device = inp.device.type
+    if torch.is_autocast_enabled(device) and recurrent_dtype(device, torch.get_autocast_dtype(device)) == torch.float32:
+        with torch.autocast(device, enabled=False):
+            return _recurrent(module, inp.float(), None if state is None else to_float(state), weights)
+    return module(inp, state) if weights is None else functional_call(module, weights, (inp, state))
 
 
 def locked_dropout(x: Tensor, p: float) -> Tensor:
@@ -111,18 +142,27 @@ def detach(state: State) -> State:
     return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
 
 
+def to_float(state: State) -> State:
+    return tuple(s.float() for s in state) if isinstance(state, tuple) else state.float()
+
+
 def state_tensors(state: State | None) -> dict[str, Tensor]:
+    """The hidden state as named fp32 tensors, whatever the precision that made it, so that any precision
+    or device can resume from it."""
     if state is None:
         return {}
+    state = to_float(state)
     if isinstance(state, tuple):
         return {"h": state[0].contiguous(), "c": state[1].contiguous()}
     return {"h": state.contiguous()}
 
 
-def state_from_tensors(tensors: dict[str, Tensor]) -> State | None:
+def state_from_tensors(tensors: dict[str, Tensor], device: torch.device) -> State | None:
+    """The hidden state on ``device`` in fp32 (a checkpoint older than fp32 states may hold another dtype)."""
     if "h" not in tensors:
         return None
-    return (tensors["h"], tensors["c"]) if "c" in tensors else tensors["h"]
+    h, c = (tensors[k].to(device, torch.float32) if k in tensors else None for k in "hc")
+    return (h, c) if c is not None else h
 
 
 @torch.no_grad()

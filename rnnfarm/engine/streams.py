@@ -82,14 +82,17 @@ class Streams:
     """This rank's B streams of one split, as (x, y) windows of T tokens, epoch after epoch.
 
     ``window`` is the length of the windows read (the layout's ``seq_len`` by default): evaluation streams are
-    cut for one target per stream and read in windows of the training ``seq_len``.
+    cut for one target per stream and read in windows of the training ``seq_len``. The streams are kept on
+    ``device`` in the vocabulary's compact dtype (one byte a char for most corpora), and windows are cut and
+    widened there: a step copies nothing from the host.
     """
 
-    def __init__(self, tokens: np.ndarray, layout: Layout, *, window: int | None = None) -> None:
+    def __init__(
+        self, tokens: np.ndarray, layout: Layout, *, window: int | None = None, device: str | torch.device = "cpu"
+    ) -> None:
         L, B = layout.stream_len, layout.batch
         rows = np.lib.stride_tricks.sliding_window_view(tokens, L + 1)[::L][:B]
-        # Kept in the vocabulary's compact dtype (one byte a char for most corpora); windows are widened.
-        self.data = torch.from_numpy(rows.copy())  # a copy: the windows overlap, and the view is read-only
+        self.data = torch.from_numpy(rows.copy()).to(device)  # a copy: the windows overlap, the view is read-only
         self.seq_len = window or layout.seq_len
         self.windows = L // layout.seq_len
         self.epoch, self.pos = 0, 0
@@ -129,25 +132,31 @@ def streams_for(
     seq_len: int,
     rank: int,
     world: int,
+    device: str | torch.device = "cpu",
 ) -> Streams:
     """This rank's training streams of a split, read in windows of ``seq_len`` epoch after epoch."""
     layout = Layout(manifest["splits"][split]["tokens"], batch=batch, seq_len=seq_len, rank=rank, world=world)
     layout.check(split, "batch_size")
     start, stop = layout.span
-    return Streams(load_tokens(folder, manifest, split, start, stop, vocab), layout)
+    return Streams(load_tokens(folder, manifest, split, start, stop, vocab), layout, device=device)
 
 
 class Windows:
     """This rank's share of random windows of a split (nanoGPT's evaluation), each scored from a zero state,
-    read ``batch`` windows at a time."""
+    read ``batch`` windows at a time; the split and the starts are kept on ``device``, as ``Streams`` keep theirs."""
 
-    def __init__(self, tokens: np.ndarray, starts: np.ndarray, length: int, batch: int = 64) -> None:
-        self.tokens, self.starts, self.length, self.batch = tokens, starts, length, batch
+    def __init__(
+        self, tokens: np.ndarray, starts: np.ndarray, length: int, batch: int = 64, device: str | torch.device = "cpu"
+    ) -> None:
+        if tokens.dtype == np.uint16:  # CUDA cannot index uint16 tensors; a byte vocabulary stays one byte a char
+            tokens = tokens.astype(np.int32)
+        self.tokens, self.starts = torch.from_numpy(tokens).to(device), torch.from_numpy(starts).to(device)
+        self.length, self.batch = length, batch
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
-        offsets = np.arange(self.length + 1)
+        offsets = torch.arange(self.length + 1, device=self.tokens.device)
         for i in range(0, len(self.starts), self.batch):
-            rows = torch.from_numpy(self.tokens[self.starts[i : i + self.batch, None] + offsets].astype(np.int64))
+            rows = self.tokens[self.starts[i : i + self.batch, None] + offsets].long()
             yield rows[:, :-1], rows[:, 1:], True
 
 
@@ -161,15 +170,25 @@ def eval_cut(
     seq_len: int,
     rank: int,
     world: int,
+    device: str | torch.device = "cpu",
 ) -> Streams | Windows | None:
     """This rank's share of a split as the spec's ``eval`` cuts it: streams, or random windows (``eval.windows``)."""
+    where = {"rank": rank, "world": world, "device": device}
     if spec.windows is None:
-        return eval_streams(folder, manifest, split, vocab, spec=spec, seq_len=seq_len, rank=rank, world=world)
-    return eval_windows(folder, manifest, split, vocab, spec=spec, rank=rank, world=world)
+        return eval_streams(folder, manifest, split, vocab, spec=spec, seq_len=seq_len, **where)
+    return eval_windows(folder, manifest, split, vocab, spec=spec, **where)
 
 
 def eval_windows(
-    folder: Store, manifest: dict[str, Any], split: str, vocab: Vocab, *, spec: EvalSpec, rank: int, world: int
+    folder: Store,
+    manifest: dict[str, Any],
+    split: str,
+    vocab: Vocab,
+    *,
+    spec: EvalSpec,
+    rank: int,
+    world: int,
+    device: str | torch.device = "cpu",
 ) -> Windows | None:
     """This rank's windows: ``spec.windows`` starts drawn uniformly from the split with ``spec.seed`` (the same
     draw for any number of ranks), rank r of W taking every W-th from the r-th; None if it has none."""
@@ -182,7 +201,7 @@ def eval_windows(
     starts = np.random.default_rng(spec.seed).integers(0, n - spec.window, size=spec.windows)[rank::world]
     if not len(starts):
         return None
-    return Windows(load_tokens(folder, manifest, split, 0, n, vocab), starts, spec.window)
+    return Windows(load_tokens(folder, manifest, split, 0, n, vocab), starts, spec.window, device=device)
 
 
 def eval_streams(
@@ -195,6 +214,7 @@ def eval_streams(
     seq_len: int,
     rank: int,
     world: int,
+    device: str | torch.device = "cpu",
 ) -> Streams | None:
     """This rank's share of the evaluation cut of a split, read once in windows of ``seq_len``; None if it has none.
 
@@ -214,4 +234,4 @@ def eval_streams(
         return None
     tokens = load_tokens(folder, manifest, split, first * length, last * length + 1, vocab)
     layout = Layout(len(tokens), batch=last - first, seq_len=1, rank=0, world=1)
-    return Streams(tokens, layout, window=seq_len)
+    return Streams(tokens, layout, window=seq_len, device=device)
