@@ -113,6 +113,17 @@ def test_the_sweep_table_shows_each_trials_settings_and_marks_the_ones_asha_stop
     assert "1/2 trials ended" in text
 
 
+def test_a_run_whose_workers_wait_for_room_shows_what_it_waits_for_until_they_are_placed():
+    c = console()
+    shown_on = display.Display(make_spec("/tmp/x", train={"steps": 60, "eval_every": 20}), c)
+    shown_on.observe({"event": "waiting for 2 CPU", "trial": "main", "held_by": "placement group 1a2b (1 CPU)"})
+    c.print(shown_on.renderable())
+    assert "step 0/60 · waiting for 2 CPU ·" in shown(c)
+    shown_on.observe({"event": "workers placed", "trial": "main"})
+    c.print(shown_on.renderable())
+    assert "step 0/60 · waiting for the first evaluation ·" in shown(c)
+
+
 def router(tmp_path, verbose: bool = False) -> tuple[display.Router, Console, Run]:
     run = Run.under(Store.at(str(tmp_path / "storage")), "r")
     c = console()
