@@ -154,9 +154,17 @@ def _remove_orphans_until_quiet(deadline: float, quiet_s: float) -> None:
         time.sleep(0.1)
 
 
-def holders(resources: tuple[str, ...] = SHOWN) -> list[str]:
-    """What holds each of ``resources`` in this Ray, one phrase each: placement groups placed, and actors
-    outside any placement group (a Serve replica, a Tune trial's driver, another job's)."""
+@dataclass(frozen=True)
+class Holder:
+    """Something that holds resources, as a refusal names it; ``ours``: live work of this job (a sweep's trials)."""
+
+    what: str
+    ours: bool
+
+
+def holders(resources: tuple[str, ...] = SHOWN) -> list[Holder]:
+    """What holds each of ``resources`` in this Ray: placement groups placed, and actors outside any placement
+    group (a Serve replica, another job's)."""
     job = this_job()
     found = []
     for group in groups():
@@ -169,11 +177,13 @@ def holders(resources: tuple[str, ...] = SHOWN) -> list[str]:
             whose = "a Ray Train run of this job" if group.creator else "this job's driver"
         else:
             whose = f"job {group.job}"
-        found.append(f"placement group {group.id[:12]} ({_amounts(held)}, {whose})")
+        ours = group.job == job and not group.orphaned
+        found.append(Holder(f"placement group {group.id[:12]} ({_amounts(held)}, {whose})", ours))
     for actor in _alive_actors():
         held = {r: actor.required_resources.get(r, 0.0) for r in resources if actor.required_resources.get(r, 0.0)}
         if held and not actor.placement_group_id.strip(b"\xff\x00"):
-            found.append(f"actor {actor.class_name} ({_amounts(held)}, job {actor.job_id.hex()})")
+            owner = actor.job_id.hex()
+            found.append(Holder(f"actor {actor.class_name} ({_amounts(held)}, job {owner})", owner == job))
     return found
 
 
@@ -228,13 +238,13 @@ class Waiting:
                 trial=self.trial,
                 waited_s=round(waited, 1),
                 free=_amounts({r: free.get(r, 0.0) for r in SHOWN if self.per_worker.get(r)}),
-                held_by="; ".join(holders()) or None,
+                held_by="; ".join(h.what for h in holders()) or None,
                 gives_up_after_s=None if self.can_grow else self.timeout_s,
             )
         if self.can_grow or time.monotonic() - self.clock < self.timeout_s:
             return None
         held = holders()
-        if self.patient and all("this job" in h for h in held):
+        if self.patient and all(h.ours for h in held):
             self.clock = time.monotonic()  # the sweep's own trials: they end, and free what they hold
             return None
         return self._reason(held)
@@ -242,14 +252,15 @@ class Waiting:
     def _waited(self) -> float:
         return 0.0 if self.since is None else time.monotonic() - self.since
 
-    def _reason(self, held: list[str]) -> str:
+    def _reason(self, held: list[Holder]) -> str:
         free, total = ray.available_resources(), ray.cluster_resources()
         room = ", ".join(
             f"{free.get(r, 0.0):g} of {total.get(r, 0.0):g} {r}s free" for r in SHOWN if self.per_worker.get(r)
         )
+        named = "; ".join(h.what for h in held) or "tasks or work outside placement groups"
         return (
             f"cluster: {self.workers} worker(s) waited {self.timeout_s:g} s for {self.wanted} and could not be placed: "
-            f"this Ray has {room}; held by {'; '.join(held) or 'tasks or work outside placement groups'}. "
+            f"this Ray has {room}; held by {named}. "
             f"Free them (`ray list placement-groups`, `ray list actors`), or raise cluster.placement_timeout_s"
         )
 
