@@ -167,7 +167,52 @@ def looks_secret(name: str) -> bool:
     return is_secret_key(lowered) or any(part in lowered for part in ("secret", "token", "password", "key"))
 
 
-class ClusterSpec(Section):
+GPUs = Annotated[float, Field(ge=0)]
+GPUS_HELP = "GPUs each worker holds: a fraction (0.25) lets trials share one GPU; above 1, a whole number"
+USE_GPU_HELP = "follows gpus_per_worker; `use_gpu: true` alone means one GPU per worker"
+
+
+class Workers(Section):
+    """The GPU rules of a worker group (a run's, or each trial's of a sweep), on the fields its subclass has:
+    ``workers``, ``gpus_per_worker``, ``use_gpu``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gpus_given(cls, data: Any) -> Any:
+        """``gpus_per_worker`` and ``use_gpu`` completed from whichever of them is given (``use_gpu: true``
+        alone: one GPU per worker); where both are, the check after compares them."""
+        if not isinstance(data, dict):
+            return data
+        gpus, use_gpu = data.get("gpus_per_worker"), data.get("use_gpu")
+        if gpus is None and use_gpu is True:
+            return {**data, "gpus_per_worker": 1.0}
+        if use_gpu is None and isinstance(gpus, int | float) and not isinstance(gpus, bool):
+            return {**data, "use_gpu": gpus > 0}
+        return data
+
+    @model_validator(mode="after")
+    def _gpus_fit_the_workers(self) -> Workers:
+        """``use_gpu`` agrees with ``gpus_per_worker``; past one GPU only whole GPUs (Ray shares a single GPU
+        only); and no two ranks of one run on one GPU, which NCCL refuses ("Duplicate GPU detected"): fractions
+        are for trials that share a GPU, each on one worker."""
+        workers, gpus = self.workers, self.gpus_per_worker
+        if self.use_gpu != (gpus > 0):
+            raise ValueError(
+                f"use_gpu: {str(self.use_gpu).lower()} contradicts gpus_per_worker: {gpus:g}: "
+                "give gpus_per_worker alone (0: no GPU)"
+            )
+        if gpus > 1 and not gpus.is_integer():
+            raise ValueError(f"gpus_per_worker: {gpus:g}: above 1, a worker takes whole GPUs (Ray shares only one)")
+        if workers > 1 and 0 < gpus < 1:
+            raise ValueError(
+                f"{workers} workers at gpus_per_worker {gpus:g} could put two ranks on one GPU, which NCCL "
+                "refuses: give each worker a whole GPU (gpus_per_worker: 1) or train on workers: 1 "
+                "(fractions share a GPU between trials)"
+            )
+        return self
+
+
+class ClusterSpec(Workers):
     """Where the job runs: ``local`` starts an embedded Ray, ``auto`` joins the Ray cluster this machine is part
     of, and a dashboard URL submits the job to that cluster through the Ray Jobs API.
 
@@ -181,8 +226,9 @@ class ClusterSpec(Section):
 
     address: str = "local"
     workers: Positive = 2
-    use_gpu: bool = False
     cpus_per_worker: PositiveFloat = 1.0
+    gpus_per_worker: GPUs = Field(0.0, description=GPUS_HELP)
+    use_gpu: bool = Field(False, description=USE_GPU_HELP)
     threads_per_worker: Positive | None = None
     code: Literal["installed", "source"] = "installed"
     runtime_env: dict[str, Any] = Field(default_factory=dict)
@@ -289,7 +335,7 @@ class SchedulerSpec(Section):
     reduction_factor: Annotated[float, Field(gt=1)] = 2.0
 
 
-class TrialResources(Section):
+class TrialResources(Workers):
     """What one trial holds: its Train workers, and the driver function that launches them.
 
     The driver mostly waits; ``driver_cpus: 0`` lets trials use every core for workers (it then
@@ -298,7 +344,8 @@ class TrialResources(Section):
 
     workers: Positive = 1
     cpus_per_worker: PositiveFloat = 1.0
-    use_gpu: bool = False
+    gpus_per_worker: GPUs = Field(0.0, description=GPUS_HELP)
+    use_gpu: bool = Field(False, description=USE_GPU_HELP)
     driver_cpus: Annotated[float, Field(ge=0, le=1)] = 0.01
 
 

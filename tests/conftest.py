@@ -98,12 +98,13 @@ def ray_left_as_found(request):
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A real local Ray instance (2 CPUs), shared by every test that trains through Ray."""
+    """A real local Ray instance (2 CPUs, 1 logical GPU), shared by every test that trains through Ray. The GPU
+    is Ray's scheduling only: a worker that holds it finds no CUDA, and trains on the CPU (tests/test_gpus.py)."""
     import ray
 
     from rnnfarm.launch.pipeline import start_local_ray
 
-    start_local_ray(num_cpus=2)
+    start_local_ray(num_cpus=2, num_gpus=1)
     yield ray
     ray.shutdown()
 

@@ -15,6 +15,7 @@ import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from rnnfarm import spec
+from rnnfarm.launch.pipeline import TrialNeeds
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -33,7 +34,7 @@ def test_the_cluster_job_is_a_gpu_sweep_of_up_to_three_layers_of_512_on_s3():
     assert job.storage.startswith("s3://") and job.cluster.address.startswith("http")
     assert max(job.tune.space["model.layers"].candidates) == 3
     assert max(job.tune.space["model.hidden"].candidates) == 512
-    assert job.tune.resources.use_gpu and job.tune.resources.workers >= 2
+    assert job.tune.resources.gpus_per_worker == 1 and job.tune.resources.workers >= 2  # a whole GPU per rank
     assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(job.cluster.forward_env)
     assert job.cluster.code == "installed" and not job.cluster.storage_shared
 
@@ -53,8 +54,8 @@ def test_the_cluster_launcher_config_passes_rays_own_checks():
         assert any("RAY_AUTH_MODE=token" in c and "ray start" in c for c in commands)
 
     job = spec.load(DEPLOY / "cluster.yaml")
-    gpus = gpu["max_workers"] * gpu["resources"]["GPU"]
-    assert job.tune.concurrency * job.tune.resources.workers <= gpus  # the sweep's trials fit the grown cluster
+    grown = {"CPU": gpu["max_workers"] * gpu["resources"]["CPU"], "GPU": gpu["max_workers"] * gpu["resources"]["GPU"]}
+    assert job.tune.concurrency <= TrialNeeds.of(job).trials_in(grown)  # the sweep's trials fit the grown cluster
 
 
 def test_the_kuberay_manifest_runs_the_image_with_token_auth_on_gpu_workers():
@@ -76,11 +77,12 @@ def test_the_kuberay_manifest_runs_the_image_with_token_auth_on_gpu_workers():
     assert 8265 in {p["containerPort"] for p in head["template"]["spec"]["containers"][0]["ports"]}
 
     job = spec.load(DEPLOY / "cluster.yaml")
-    gpus = sum(
-        g["maxReplicas"] * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
-        for g in groups
-    )
-    assert job.tune.concurrency * job.tune.resources.workers <= gpus
+    limits = [(g["maxReplicas"], g["template"]["spec"]["containers"][0]["resources"]["limits"]) for g in groups]
+    grown = {
+        "CPU": sum(n * int(limit["cpu"]) for n, limit in limits),
+        "GPU": sum(n * int(limit["nvidia.com/gpu"]) for n, limit in limits),
+    }
+    assert job.tune.concurrency <= TrialNeeds.of(job).trials_in(grown)
 
 
 def test_the_image_pins_the_ray_and_torch_the_project_pins_and_copies_what_exists():

@@ -94,3 +94,42 @@ def test_cli_prints_one_line_and_exits_2(tmp_path, text, expected):
 def test_cli_names_a_missing_spec_file(tmp_path):
     result = CliRunner().invoke(cli, ["run", str(tmp_path / "nope.yaml")])
     assert result.exit_code == 2 and "no such spec file" in result.output
+
+
+def test_gpus_per_worker_may_be_a_fraction_and_use_gpu_follows_it():
+    cluster = spec.parse({"name": "x", "cluster": {"workers": 1, "gpus_per_worker": 0.25}}).cluster
+    assert cluster.gpus_per_worker == 0.25 and cluster.use_gpu
+    assert not spec.parse({"name": "x"}).cluster.use_gpu  # no GPU unless asked for
+    # `use_gpu: true` alone, as specs wrote it before fractions: one GPU per worker
+    assert spec.parse({"name": "x", "cluster": {"use_gpu": True}}).cluster.gpus_per_worker == 1
+    resources = {"workers": 1, "gpus_per_worker": 0.5}
+    trials = spec.parse({"name": "x", "tune": {"space": {"model.hidden": {"choice": [8]}}, "resources": resources}})
+    assert trials.tune.resources.gpus_per_worker == 0.5 and trials.tune.resources.use_gpu
+
+
+def test_gpus_per_worker_out_of_bounds_or_against_use_gpu_is_refused_in_one_line():
+    assert error_of({"name": "x", "cluster": {"gpus_per_worker": -1}}).startswith(
+        "job.yaml: cluster.gpus_per_worker: must be >= 0"
+    )
+    assert error_of({"name": "x", "cluster": {"workers": 1, "use_gpu": False, "gpus_per_worker": 0.5}}) == (
+        "job.yaml: cluster: use_gpu: false contradicts gpus_per_worker: 0.5: give gpus_per_worker alone (0: no GPU)"
+    )
+    assert "use_gpu: true contradicts gpus_per_worker: 0" in error_of(
+        {"name": "x", "cluster": {"use_gpu": True, "gpus_per_worker": 0}}
+    )
+    assert "gpus_per_worker: 1.5: above 1, a worker takes whole GPUs" in error_of(
+        {"name": "x", "cluster": {"gpus_per_worker": 1.5}}
+    )
+    tune = {"space": {"model.hidden": {"choice": [8]}}, "resources": {"workers": 2, "gpus_per_worker": 0.5}}
+    assert "tune.resources: 2 workers at gpus_per_worker 0.5 could put two ranks on one GPU" in error_of(
+        {"name": "x", "tune": tune}
+    )
+
+
+def test_a_sweeps_trials_get_its_gpus_per_worker():
+    from rnnfarm.launch.sweep import trial_spec
+
+    resources = {"workers": 1, "cpus_per_worker": 2, "gpus_per_worker": 0.25}
+    job = spec.parse({"name": "x", "tune": {"space": {"model.hidden": {"choice": [8]}}, "resources": resources}})
+    cluster = trial_spec(job, {"model.hidden": 8}).cluster
+    assert (cluster.workers, cluster.cpus_per_worker, cluster.gpus_per_worker, cluster.use_gpu) == (1, 2, 0.25, True)

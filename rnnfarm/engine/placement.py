@@ -268,6 +268,29 @@ class Waiting:
 CHECK_EVERY_S = 1.0
 
 
+def result_of(task: ray.ObjectRef, waiting: Waiting) -> Any:
+    """The result of a small task that holds one worker's GPUs (the device probe), waited for as the workers are:
+    past ``waiting.timeout_s`` it is cancelled and the run fails naming what holds the GPUs, unless the cluster
+    can grow or, for a sweep's trial, all that holds them is the sweep's own live trials."""
+    clock = time.monotonic()
+    while not ray.wait([task], timeout=CHECK_EVERY_S)[0]:
+        if waiting.can_grow or time.monotonic() - clock < waiting.timeout_s:
+            continue
+        held = holders(("GPU",))
+        if waiting.patient and all(h.ours for h in held):
+            clock = time.monotonic()
+            continue
+        ray.cancel(task, force=True)
+        free, total = ray.available_resources().get("GPU", 0.0), ray.cluster_resources().get("GPU", 0.0)
+        raise TrainingFailed(
+            f"cluster: no room for one worker's {waiting.per_worker['GPU']:g} GPU within {waiting.timeout_s:g} s: "
+            f"this Ray has {free:g} of {total:g} GPUs free; held by "
+            f"{'; '.join(h.what for h in held) or 'tasks or work outside placement groups'}. "
+            "Free them (`ray list placement-groups`, `ray list actors`), or raise cluster.placement_timeout_s"
+        )
+    return ray.get(task)
+
+
 def bounded(fit: Callable[[], Result], waiting: Waiting) -> Result:
     """``fit()`` (which runs one Ray Train controller) in a thread of its own, watched by ``waiting``; however it
     ends (done, failed, given up, KeyboardInterrupt), this process's controllers are stopped after it and the

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,13 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from .. import credentials, log
 from ..errors import Diverged, TrainingFailed
 from ..layout import Trial
+from ..spec import ClusterSpec
 from . import checkpoint, placement
 from .loop import Job, train
 
@@ -30,11 +33,12 @@ class RaySession:
     close a file, so a checkpoint missing files could be registered as the one to resume from.
     """
 
-    def __init__(self, trial: Trial) -> None:
+    def __init__(self, trial: Trial, device: str) -> None:
         self.trial = trial
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
-        self.device = ray.train.torch.get_device()
+        # Ray names this worker's GPU (cuda:N among the node's workers' GPUs) whether or not torch can use it
+        self.device = ray.train.torch.get_device() if device == "cuda" else torch.device("cpu")
 
     def average_gradients(self, model: torch.nn.Module) -> None:
         """The workers' mean gradient in every worker: one all-reduce of all gradients, flattened.
@@ -84,7 +88,7 @@ class RaySession:
 def worker_loop(config: dict[str, Any]) -> dict[str, Any]:
     log.configure(config["log_format"])
     job = config["job"]
-    session = RaySession(job.trial)
+    session = RaySession(job.trial, config["device"])
     try:
         return train(job, session)
     except Diverged as exc:  # every rank stops at the same step: the decision reads all-reduced losses
@@ -111,6 +115,40 @@ def failure_reason(exc: ray.train.TrainingFailedError) -> str:
     return "; ".join(reasons)
 
 
+@dataclass(frozen=True)
+class Devices:
+    """Where a run's workers compute and how their gradients travel."""
+
+    device: str  # torch's device type: "cuda" or "cpu"
+    backend: str  # torch.distributed's: "nccl" or "gloo"
+    cuda_devices: int  # CUDA devices torch sees on a worker (0 where none, or where no GPU is asked for)
+
+
+def devices_for(cuda_devices: int) -> Devices:
+    """CUDA over NCCL where torch on a worker sees a CUDA device; otherwise the CPU over gloo, GPUs asked for
+    or not (Ray's logical GPUs on a machine without CUDA, or a CPU-only torch)."""
+    return Devices("cuda", "nccl", cuda_devices) if cuda_devices else Devices("cpu", "gloo", 0)
+
+
+def cuda_devices() -> int:
+    """CUDA devices torch sees in this process."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def probe(cluster: ClusterSpec, waiting: placement.Waiting) -> Devices:
+    """What torch sees where the run's workers will run: a task that holds one worker's GPUs (none of its CPUs,
+    which a sweep's workers may hold) asks torch there, so a head without a GPU finds its GPU workers' CUDA.
+
+    Ray's TorchTrainer fixes the backend when it starts (NCCL where the workers hold GPUs) and
+    ``ray.train.torch.get_device()`` names ``cuda:N`` for logical GPUs too: both are chosen from this answer
+    instead. The task waits for its GPU as the workers would (``placement.result_of``)."""
+    if not cluster.gpus_per_worker:
+        return devices_for(0)
+    outside = PlacementGroupSchedulingStrategy(placement_group=None)  # not in a sweep trial's own group
+    task = ray.remote(cuda_devices).options(num_cpus=0, num_gpus=cluster.gpus_per_worker, scheduling_strategy=outside)
+    return devices_for(placement.result_of(task.remote(), waiting))
+
+
 def fit(job: Job, log_format: str, callbacks: list | None = None, *, sweep: bool = False) -> ray.train.Result:
     """Run the job's training on Ray Train; checkpoints land in the job's trial folder on storage.
 
@@ -119,17 +157,33 @@ def fit(job: Job, log_format: str, callbacks: list | None = None, *, sweep: bool
     ``cluster.placement_timeout_s`` (a sweep's trial waits on for the sweep's other trials),
     :class:`TrainingFailed` says why. However it ends, it leaves no actor or placement group of its own in Ray.
     """
-    spec = job.spec
+    spec, cluster = job.spec, job.spec.cluster
     raise_if_diverged(job.trial)
+    per_worker = {"CPU": cluster.cpus_per_worker, "GPU": cluster.gpus_per_worker}
+    waiting = placement.Waiting(
+        workers=cluster.workers,
+        per_worker=per_worker,
+        timeout_s=cluster.placement_timeout_s,
+        can_grow=cluster.autoscaling,
+        patient=sweep,
+        trial=job.trial.name,
+    )
+    devices = probe(cluster, waiting)
+    chosen = {"trial": job.trial.name, "device": devices.device, "backend": devices.backend}
+    if cluster.gpus_per_worker and not devices.cuda_devices:  # logical GPUs, or a torch built without CUDA
+        log.get("rnnfarm.train").warning("GPUs asked for, but torch sees none on a worker: training on CPUs", **chosen)
+    else:
+        log.get("rnnfarm.train").info("devices", **chosen, cuda_devices=devices.cuda_devices)
     filesystem, trial_path = job.trial.store.pyarrow()
     parent, name = trial_path.rsplit("/", 1)
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={"job": job, "log_format": log_format},
+        train_loop_config={"job": job, "log_format": log_format, "device": devices.device},
+        torch_config=TorchConfig(backend=devices.backend),
         scaling_config=ScalingConfig(
-            num_workers=spec.cluster.workers,
-            use_gpu=spec.cluster.use_gpu,
-            resources_per_worker={"CPU": spec.cluster.cpus_per_worker},
+            num_workers=cluster.workers,
+            use_gpu=cluster.use_gpu,
+            resources_per_worker={k: v for k, v in per_worker.items() if v},
         ),
         run_config=RunConfig(
             name=name,
@@ -145,14 +199,6 @@ def fit(job: Job, log_format: str, callbacks: list | None = None, *, sweep: bool
         ),
     )
     credentials.deposit()  # the job's storage credentials, for its workers (none where this is a worker)
-    waiting = placement.Waiting(
-        workers=spec.cluster.workers,
-        per_worker={"CPU": spec.cluster.cpus_per_worker, "GPU": 1.0 if spec.cluster.use_gpu else 0.0},
-        timeout_s=spec.cluster.placement_timeout_s,
-        can_grow=spec.cluster.autoscaling,
-        patient=sweep,
-        trial=job.trial.name,
-    )
     try:
         result = placement.bounded(trainer.fit, waiting)
     except ray.train.TrainingFailedError as exc:

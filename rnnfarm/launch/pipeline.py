@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 from dataclasses import dataclass
@@ -47,8 +48,9 @@ class Outcome:
         return self.record["best"]
 
 
-def start_local_ray(num_cpus: int | None = None) -> None:
-    """Start an embedded Ray in this process (once); Ray's own chatter is kept to warnings."""
+def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> None:
+    """Start an embedded Ray in this process (once); Ray's own chatter is kept to warnings. CPUs and GPUs are
+    the machine's unless given (logical GPUs on a machine without one: real scheduling, and no CUDA)."""
     import ray
 
     if ray.is_initialized():
@@ -62,6 +64,7 @@ def start_local_ray(num_cpus: int | None = None) -> None:
     ray.init(
         address="local",  # a Ray of its own, even where `ray start` left a cluster running on this machine
         num_cpus=num_cpus,
+        num_gpus=num_gpus,
         include_dashboard=True,  # the state API behind it lets Ray Train clean up after trials
         dashboard_host="127.0.0.1",
         dashboard_port=dashboard_port,
@@ -79,12 +82,64 @@ def free_ports(count: int) -> list[int]:
         return [s.getsockname()[1] for s in sockets]
 
 
-def trial_cpus(spec: JobSpec) -> float:
-    """CPUs one trial holds: its workers, plus its driver's sliver in a sweep."""
-    if spec.tune is None:
-        return spec.cluster.workers * spec.cluster.cpus_per_worker
-    r = spec.tune.resources
-    return r.workers * r.cpus_per_worker + r.driver_cpus
+@dataclass(frozen=True)
+class TrialNeeds:
+    """What one trial holds in Ray: its workers' CPUs and GPUs, and in a sweep its driver's sliver of a CPU."""
+
+    where: str  # the spec's section they come from, as a refusal names it
+    workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+    driver_cpus: float = 0.0
+
+    @classmethod
+    def of(cls, spec: JobSpec) -> TrialNeeds:
+        if spec.tune is None:
+            c = spec.cluster
+            return cls("cluster", c.workers, c.cpus_per_worker, c.gpus_per_worker)
+        r = spec.tune.resources
+        return cls("tune.resources", r.workers, r.cpus_per_worker, r.gpus_per_worker, r.driver_cpus)
+
+    @property
+    def cpus(self) -> float:
+        return self.workers * self.cpus_per_worker + self.driver_cpus
+
+    @property
+    def gpus(self) -> float:
+        return self.workers * self.gpus_per_worker
+
+    def trials_in(self, resources: dict[str, float]) -> int:
+        """How many such trials ``resources`` (Ray's ``cluster_resources()``) hold at once; 0: not even one.
+
+        Ray places a fraction of a GPU within one GPU, so each GPU holds ``1 // fraction`` workers."""
+        counts = [_whole(resources.get("CPU", 0.0) / self.cpus)]
+        g = self.gpus_per_worker
+        if g:
+            gpus = resources.get("GPU", 0.0)
+            workers = _whole(1 / g) * _whole(gpus) if g < 1 else _whole(gpus / g)
+            counts.append(workers // self.workers)
+        return min(counts)
+
+    def refusal(self, resources: dict[str, float]) -> str | None:
+        """Why not even one such trial fits ``resources``, in one line; None where one does."""
+        if self.trials_in(resources):
+            return None
+        cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+        if _whole(cpus / self.cpus) == 0:
+            driver = " + driver_cpus" if self.driver_cpus else ""
+            return (
+                f"{self.where}: one trial needs {self.cpus:g} CPUs (workers x cpus_per_worker{driver}), this Ray "
+                f"has {cpus:g}: lower {self.where}.workers or {self.where}.cpus_per_worker"
+            )
+        return (
+            f"{self.where}: one trial needs {self.gpus:g} GPUs (workers x gpus_per_worker), this Ray has {gpus:g}: "
+            f"lower {self.where}.workers or {self.where}.gpus_per_worker (0: train on CPUs)"
+        )
+
+
+def _whole(count: float) -> int:
+    """A count of things that fit, read past float error (Ray counts resources in steps of 0.0001)."""
+    return math.floor(count + 1e-6)
 
 
 def join_cluster(spec: JobSpec) -> None:
@@ -125,11 +180,11 @@ def join_cluster(spec: JobSpec) -> None:
     )
 
 
-def ensure_ray(spec: JobSpec) -> float:
-    """Start an embedded Ray (``local``) or join this machine's cluster (``auto``); returns its CPUs.
+def ensure_ray(spec: JobSpec) -> dict[str, float]:
+    """Start an embedded Ray (``local``) or join this machine's cluster (``auto``); returns its resources.
 
-    One trial must fit an embedded Ray, and a cluster of fixed size; where ``cluster.autoscaling`` says the cluster
-    adds nodes as trials wait, a trial larger than the cluster is only a warning.
+    One trial's CPUs and GPUs must fit an embedded Ray, and a cluster of fixed size; where ``cluster.autoscaling``
+    says the cluster adds nodes as trials wait, a trial larger than the cluster is only a warning.
     """
     import ray
 
@@ -143,31 +198,21 @@ def ensure_ray(spec: JobSpec) -> float:
             f"cluster.address {address!r} is a cluster to submit to: `rnnfarm run` or rnnfarm.launch.submit does it"
         )
     credentials.deposit()  # the storage credentials read so far, for this job's workers
-    have = ray.cluster_resources().get("CPU", 0)
-    need = trial_cpus(spec)
-    if need > have:
-        where = "tune.resources" if spec.tune else "cluster"
+    resources = ray.cluster_resources()
+    needs = TrialNeeds.of(spec)
+    if refusal := needs.refusal(resources):
         if spec.cluster.autoscaling:
-            log.get("rnnfarm.run").warning("one trial needs more CPUs than the cluster has now", need=need, have=have)
-            return have
+            log.get("rnnfarm.run").warning("one trial needs more than the cluster has now", reason=refusal)
+            return resources
         raise UserError(
-            f"{where}: one trial needs {need:g} CPUs (workers x cpus_per_worker), this Ray has {have:g}: "
-            f"lower {where}.workers or {where}.cpus_per_worker"
-            + (", or set cluster.autoscaling: true if this cluster adds nodes" if address == "auto" else "")
+            refusal + (", or set cluster.autoscaling: true if this cluster adds nodes" if address == "auto" else "")
         )
-    gpus = ray.cluster_resources().get("GPU", 0)
-    placed = spec.tune.resources if spec.tune else spec.cluster
-    if address == "local" and not placed.use_gpu:  # the workers are this machine's CPUs
+    if address == "local":  # the workers are this machine's: on its CPUs unless torch here sees a GPU
         import torch
 
-        refuse_bf16_without_kernel(spec.train.precision, torch.device("cpu"))
-    if placed.use_gpu and placed.workers > gpus and address == "local":
-        where = "tune.resources" if spec.tune else "cluster"
-        raise UserError(
-            f"{where}.use_gpu: {placed.workers} worker(s) need a GPU each, this Ray has {gpus:g}: "
-            f"set use_gpu: false or lower {where}.workers"
-        )
-    return have
+        if not needs.gpus_per_worker or not torch.cuda.is_available():
+            refuse_bf16_without_kernel(spec.train.precision, torch.device("cpu"))
+    return resources
 
 
 def run(spec: JobSpec, name: str | None = None) -> Outcome:
@@ -177,7 +222,7 @@ def run(spec: JobSpec, name: str | None = None) -> Outcome:
     storage = Store.at(spec.storage, spec.storage_options)
     storage.check(write=True)
     plugin(spec.corpus)  # an unknown plugin or option is refused before Ray starts
-    cpus = ensure_ray(spec)  # a trial that cannot fit is refused before anything is written
+    resources = ensure_ray(spec)  # a trial that cannot fit is refused before anything is written
     built = build(storage, spec.corpus)
     Vocab.from_json(built.manifest["vocab"]).encode(spec.samples.prime, strict=True)
 
@@ -191,7 +236,8 @@ def run(spec: JobSpec, name: str | None = None) -> Outcome:
     if spec.tune is not None:
         from .sweep import sweep
 
-        concurrency = spec.tune.concurrency or max(1, int(cpus // trial_cpus(spec)))
+        # As many trials as the CPUs and GPUs hold at once: Tune reserves only each trial's driver
+        concurrency = spec.tune.concurrency or max(1, TrialNeeds.of(spec).trials_in(resources))
         logger.info("sweeping", run=the_run.name, trials=spec.tune.samples, concurrency=concurrency)
         ends = sweep(spec, the_run, built.folder, log.log_format(), concurrency)
     else:

@@ -82,6 +82,7 @@ def trial_spec(base: JobSpec, settings: dict[str, Any]) -> JobSpec:
     placement = {
         "cluster.workers": r.workers,
         "cluster.cpus_per_worker": r.cpus_per_worker,
+        "cluster.gpus_per_worker": r.gpus_per_worker,
         "cluster.use_gpu": r.use_gpu,
     }
     return with_settings(base, {**settings, **placement})
