@@ -12,7 +12,6 @@ import json
 import threading
 import time
 
-import pytest
 import ray
 import yaml
 from click.testing import CliRunner
@@ -22,8 +21,6 @@ from rnnfarm.cli import cli
 from rnnfarm.engine import placement
 from rnnfarm.engine.placement import Waiting
 from rnnfarm.engine.ray_train import Devices, devices_for, probe
-from rnnfarm.errors import TrainingFailed
-from rnnfarm.launch import pipeline
 from rnnfarm.launch.pipeline import TrialNeeds
 from rnnfarm.layout import Run
 from rnnfarm.runs import leaderboard
@@ -94,19 +91,25 @@ def test_on_logical_gpus_the_probe_chooses_the_cpu_over_gloo_and_on_cuda_nccl(ra
     assert devices_for(2) == Devices("cuda", "nccl", 2)  # what a worker with CUDA answers
 
 
-def test_a_run_waits_for_its_gpu_fraction_as_workers_do_and_names_what_holds_it(ray_local, tmp_path):
+def test_a_run_at_half_a_gpu_waits_for_it_names_what_holds_it_and_then_trains_on_the_cpu_over_gloo(ray_local, tmp_path):
+    job = spec_file(tmp_path, cluster={"workers": 1, "gpus_per_worker": 0.5, "placement_timeout_s": 2})
     held = placement_group([{"GPU": 1}])  # another job's work, say
     ray.get(held.ready(), timeout=60)
-    cluster = {"workers": 1, "gpus_per_worker": 0.5, "placement_timeout_s": 2}
     try:
-        with pytest.raises(TrainingFailed) as failed:
-            pipeline.run(make_spec(str(tmp_path), cluster=cluster))
+        failed = CliRunner().invoke(cli, ["run", job])
     finally:
         remove_placement_group(held)
-    message = str(failed.value)
+    assert failed.exit_code == 1, failed.output
+    message = Run(Store.at(str(tmp_path / "storage")) / "runs" / "tiny").info()["error"]
     assert message.startswith("cluster: no room for one worker's 0.5 GPU within 2 s: this Ray has 0 of 1 GPUs free")
     assert f"placement group {held.id.hex()[:12]} (1 GPU, this job's driver)" in message and "\n" not in message
-    assert Run(Store.at(str(tmp_path)) / "runs" / "tiny").info()["error"] == message
+    assert f"error: {message}" in failed.output
+
+    result = CliRunner().invoke(cli, ["run", job])  # the GPU free: the same spec goes on
+    assert result.exit_code == 0, result.output
+    (chosen,) = [json.loads(line) for line in result.output.splitlines() if '"backend": ' in line]
+    assert (chosen["device"], chosen["backend"], chosen["level"]) == ("cpu", "gloo", "warning"), chosen
+    assert chosen["event"] == "GPUs asked for, but torch sees none on a worker: training on CPUs"
 
 
 def test_four_quarter_gpu_trials_run_together_sharing_the_one_gpu_and_train_on_the_cpu_over_gloo(ray_local, tmp_path):
