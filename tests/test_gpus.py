@@ -48,7 +48,7 @@ def test_sweep_concurrency_is_what_both_the_cpus_and_the_gpus_hold():
         return needs.trials_in({"CPU": cpus, "GPU": gpus})
 
     assert trials(16, 0) == 16  # no GPU asked for: the CPUs decide, GPUs or not
-    assert trials(16, 1, gpus_per_worker=1) == 1  # the case: 16 CPUs, 1 GPU, not 16 trials queuing for it
+    assert trials(16, 1, gpus_per_worker=1) == 1  # one at a time, not 16 trials queuing for the GPU
     assert trials(16, 1, gpus_per_worker=0.25) == 4  # four small trials share one GPU
     assert trials(32, 2, gpus_per_worker=0.1) == 20  # ten to a GPU
     assert trials(0.6, 0, cpus_per_worker=0.2) == 3  # read past float error: 0.6 / 0.2 is 2.9999999999999996

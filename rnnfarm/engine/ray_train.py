@@ -150,7 +150,8 @@ def probe(cluster: ClusterSpec, waiting: placement.Waiting) -> Devices:
 
 
 def fit(job: Job, log_format: str, callbacks: list | None = None, *, sweep: bool = False) -> ray.train.Result:
-    """Run the job's training on Ray Train; checkpoints land in the job's trial folder on storage.
+    """Run the job's training on Ray Train; checkpoints land in the job's trial folder on storage. The workers
+    train on CUDA over NCCL where torch on a worker's node sees it, on the CPU over gloo otherwise (``probe``).
 
     Lost workers are restarted from the latest checkpoint up to ``train.max_failures`` times; past
     that, when the loss diverged past ``train.max_rollbacks``, or when the workers found no room within
