@@ -21,6 +21,7 @@ from rnnfarm.cli import cli
 from rnnfarm.engine import placement
 from rnnfarm.engine.placement import Waiting
 from rnnfarm.engine.ray_train import Devices, devices_for, probe
+from rnnfarm.launch import pipeline
 from rnnfarm.launch.pipeline import TrialNeeds
 from rnnfarm.layout import Run
 from rnnfarm.runs import leaderboard
@@ -70,7 +71,9 @@ def test_two_ranks_that_would_share_a_gpu_are_refused_in_one_line_before_anythin
     assert not (tmp_path / "storage").exists()
 
 
-def test_a_sweep_trial_whose_gpus_can_never_fit_is_refused_before_the_sweep_starts(ray_local, tmp_path):
+def test_a_sweep_trial_whose_gpus_can_never_fit_is_refused_before_the_sweep_starts_unless_the_cluster_grows(
+    ray_local, tmp_path
+):
     resources = {"workers": 2, "gpus_per_worker": 1, "driver_cpus": 0}
     tune = {"space": {"model.hidden": {"grid": [16]}}, "resources": resources}
     one_line_refusal(
@@ -78,6 +81,9 @@ def test_a_sweep_trial_whose_gpus_can_never_fit_is_refused_before_the_sweep_star
         "tune.resources: one trial needs 2 GPUs (workers x gpus_per_worker), this Ray has 1",
     )
     assert not (tmp_path / "storage").exists()
+    # Where the cluster adds nodes while trials wait, the same trial is let through (only a warning is logged)
+    growing = make_spec(str(tmp_path / "storage"), tune=tune, cluster={"autoscaling": True})
+    assert pipeline.ensure_ray(growing)["GPU"] == 1
 
 
 def waiting(gpus: float, timeout_s: float = 60) -> Waiting:
