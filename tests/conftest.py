@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from rnnfarm import log, spec
 from rnnfarm.corpus.build import build
@@ -98,12 +99,13 @@ def ray_left_as_found(request):
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A real local Ray instance (2 CPUs), shared by every test that trains through Ray."""
+    """A real local Ray instance (2 CPUs, 1 logical GPU), shared by every test that trains through Ray. The GPU
+    is Ray's scheduling only: what holds it finds no CUDA in torch, and runs on the CPU."""
     import ray
 
     from rnnfarm.launch.pipeline import start_local_ray
 
-    start_local_ray(num_cpus=2)
+    start_local_ray(num_cpus=2, num_gpus=1)
     yield ray
     ray.shutdown()
 
@@ -152,3 +154,8 @@ def trained_checkpoint(shakespeare, tmp_path_factory):
     job = make_spec(str(root / "storage"), model={"layers": 2}, train={"steps": 40, "eval_every": 20})
     train(Job(job, shakespeare.folder, Run(Store.at(job.storage) / "runs" / "t").trial()), LocalSession(root / "ckpt"))
     return root / "ckpt" / "checkpoint-000040"
+
+
+def runs_out_of_device_memory(*args, **kwargs):
+    """What torch raises when a GPU's memory runs out, raised where a model would compute: no GPU here to run out."""
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")

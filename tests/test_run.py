@@ -64,6 +64,6 @@ def test_sampling_something_that_is_not_a_checkpoint(tmp_path):
 
 
 def test_asking_for_gpus_this_ray_does_not_have_is_refused_before_training(ray_local, tmp_path):
-    result = CliRunner().invoke(cli, ["run", write_spec(tmp_path, cluster={"workers": 1, "use_gpu": True})])
+    result = CliRunner().invoke(cli, ["run", write_spec(tmp_path, cluster={"workers": 2, "use_gpu": True})])
     assert result.exit_code == 2
-    assert "cluster.use_gpu: 1 worker(s) need a GPU each, this Ray has 0" in result.output
+    assert "cluster.use_gpu: 2 worker(s) need a GPU each, this Ray has 1" in result.output

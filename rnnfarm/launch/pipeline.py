@@ -47,8 +47,9 @@ class Outcome:
         return self.record["best"]
 
 
-def start_local_ray(num_cpus: int | None = None) -> None:
-    """Start an embedded Ray in this process (once); Ray's own chatter is kept to warnings."""
+def start_local_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> None:
+    """Start an embedded Ray in this process (once); Ray's own chatter is kept to warnings. CPUs and GPUs are
+    the machine's unless given (logical GPUs on a machine without one: real scheduling, and no CUDA)."""
     import ray
 
     if ray.is_initialized():
@@ -62,6 +63,7 @@ def start_local_ray(num_cpus: int | None = None) -> None:
     ray.init(
         address="local",  # a Ray of its own, even where `ray start` left a cluster running on this machine
         num_cpus=num_cpus,
+        num_gpus=num_gpus,
         include_dashboard=True,  # the state API behind it lets Ray Train clean up after trials
         dashboard_host="127.0.0.1",
         dashboard_port=dashboard_port,
