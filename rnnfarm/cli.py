@@ -194,6 +194,15 @@ def show_samples(run_url: str, trial: str | None, step: int | None, temperature:
     click.echo(archive.render(rows))
 
 
+def _device_option(fn: Callable) -> Callable:
+    return click.option(
+        "--device",
+        default="auto",
+        show_default=True,
+        help="Where the model runs: cpu, cuda, cuda:N, or auto (cuda where torch sees a GPU, else cpu).",
+    )(fn)
+
+
 @cli.command("sample")
 @click.argument("target")
 @click.option("--trial", help="A trial of the run TARGET: sample its best kept checkpoint instead of the run's best.")
@@ -210,6 +219,7 @@ def show_samples(run_url: str, trial: str | None, step: int | None, temperature:
 @click.option("--top-k", type=click.IntRange(min=1), default=None, help="Sample among the k most likely only.")
 @click.option("--argmax", is_flag=True, help="Always take the most likely character.")
 @click.option("--stream", is_flag=True, help="Print each character as it is generated.")
+@_device_option
 @_guarded
 def generate_text(
     target: str,
@@ -223,32 +233,37 @@ def generate_text(
     top_k: int | None,
     argmax: bool,
     stream: bool,
+    device: str,
 ) -> None:
     """Generate text from TARGET: a checkpoint folder, a run (its best checkpoint) or, with --trial, a run's
-    trial; local or remote."""
+    trial; local or remote. The text a seed draws is the same on any --device but for near ties (README)."""
     import torch
 
+    from .engine.device import memory_named, pick
     from .insight.sample import characters, check, load, read_prime
 
+    where = pick(device)
     if prime_file is not None:
         if prime != "\n":
             raise UserError("give --prime or --prime-file, not both")
         prime = read_prime(prime_file)
     check(prime, temperature)
-    model, vocab, _ = load(target, trial=trial)
+    model, vocab, _ = load(target, trial=trial, device=where)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    named = {"batch": f"one prime of {len(prime)} characters", "lower": "the prime's length", "device_option": True}
     for i in range(count):
         if count > 1:
             click.echo(("\n" if i else "") + f"--- sample {i + 1} of {count} ---")
-        drawn = characters(model, vocab, prime, length, temperature, top_k, argmax, generator)
-        if stream:
-            click.echo(prime, nl=False)
-            for char in drawn:
-                click.echo(char, nl=False)
-                sys.stdout.flush()
-            click.echo()
-        else:
-            click.echo(prime + "".join(drawn))
+        with memory_named(where, model=model, **named):
+            drawn = characters(model, vocab, prime, length, temperature, top_k, argmax, generator)
+            if stream:
+                click.echo(prime, nl=False)
+                for char in drawn:
+                    click.echo(char, nl=False)
+                    sys.stdout.flush()
+                click.echo()
+            else:
+                click.echo(prime + "".join(drawn))
 
 
 @cli.command("evaluate")
@@ -267,16 +282,21 @@ def generate_text(
 @click.option("--windows", type=click.IntRange(min=1), help="Score this many random windows instead (nanoGPT: 12800).")
 @click.option("--window", type=click.IntRange(min=1), help="Targets a random window scores (nanoGPT: 256).")
 @click.option("--seed", type=int, help="The draw of the random windows.")
+@_device_option
 @_guarded
-def evaluate_command(target: str, split: str, trial: str | None, storage: str | None, **cut: int | None) -> None:
+def evaluate_command(
+    target: str, split: str, trial: str | None, storage: str | None, device: str, **cut: int | None
+) -> None:
     """Print the loss of TARGET (a checkpoint folder, or a run: its best checkpoint) on a split of its corpus,
     cut as the spec's eval section says (the same whatever the batch and workers it was trained with), or as
     the options here say over it."""
+    from .engine.device import pick
     from .insight.evaluate import checkpoint_loss
     from .units import bits
 
+    where = pick(device)
     asked = {name: value for name, value in cut.items() if value is not None}
-    scored = checkpoint_loss(target, split=split, trial=trial, storage=storage, cut=asked)
+    scored = checkpoint_loss(target, split=split, trial=trial, storage=storage, cut=asked, device=where)
     click.echo(
         f"{split} loss {scored.loss:.4f} nats/char ({bits(scored.loss):.4f} bits/char) at step {scored.step} "
         f"({scored.cut.describe()})"
@@ -287,6 +307,13 @@ def evaluate_command(target: str, split: str, trial: str | None, storage: str | 
 @click.argument("target")
 @click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True, help="Copies of the model.")
 @click.option("--cpus-per-replica", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option(
+    "--gpus-per-replica",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="GPUs Ray gives each replica (0.25: four share one GPU); the model runs on the GPU torch sees there.",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every one).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--max-length", type=click.IntRange(min=1), default=2000, show_default=True, help="Longest text asked.")
@@ -297,7 +324,14 @@ def evaluate_command(target: str, split: str, trial: str | None, storage: str | 
 )
 @_guarded
 def serve(
-    target: str, replicas: int, cpus_per_replica: float, host: str, port: int, max_length: int, address: str | None
+    target: str,
+    replicas: int,
+    cpus_per_replica: float,
+    gpus_per_replica: float,
+    host: str,
+    port: int,
+    max_length: int,
+    address: str | None,
 ) -> None:
     """Serve TARGET (a checkpoint folder, or a run: its best checkpoint) over HTTP with Ray Serve:
     POST /generate, GET /healthz, GET /model. On a local Ray, Ctrl-C stops it."""
@@ -307,7 +341,11 @@ def serve(
     from .serving import serve as serving
 
     args = serving.ServeArgs(
-        checkpoint=target, replicas=replicas, cpus_per_replica=cpus_per_replica, max_length=max_length
+        checkpoint=target,
+        replicas=replicas,
+        cpus_per_replica=cpus_per_replica,
+        gpus_per_replica=gpus_per_replica,
+        max_length=max_length,
     )
     where = resolve_address("local", address)
     copies = f"{replicas} replica{'s' if replicas > 1 else ''}"
@@ -337,7 +375,8 @@ def viz() -> None:
 
 
 def _viz_options(fn: Callable) -> Callable:
-    """The options both viz pages take: the text, how much of it, and a trial of a run."""
+    """The options both viz pages take: the text, how much of it, a trial of a run, and the device."""
+    fn = _device_option(fn)
     fn = click.option("--trial", help="A trial of the run TARGET: its best kept checkpoint.")(fn)
     fn = click.option("--max-chars", type=click.IntRange(min=1), default=2000, show_default=True)(fn)
     return click.option("--text", "text_file", required=True, help="A UTF-8 text file (a path or a storage URL).")(fn)
@@ -374,15 +413,18 @@ def viz_neurons(
     top: int | None,
     signal: str,
     out: str,
+    device: str,
 ) -> None:
     """An HTML page colouring each character of a text by cell activations of the checkpoint TARGET
     (a checkpoint folder, a run's best, or --trial), with the cells ranked by the text features they track."""
+    from .engine.device import pick
     from .insight import viz as views
     from .insight.sample import load
 
     views.check_choice(layer, cell, top)
+    where = pick(device)
     text, total = views.read_text(text_file, max_chars)
-    model, vocab, meta = load(target, trial=trial)
+    model, vocab, meta = load(target, trial=trial, device=where)
     trace = views.trace(model, vocab, text)
     title = _viz_title(target, trial, text_file)
     _write_page(out, views.neurons_page(trace, meta, title, layer, cell, top, signal, total))
@@ -393,14 +435,16 @@ def viz_neurons(
 @_viz_options
 @click.option("--out", "-o", default="predictions.html", show_default=True, help="The file to write (one HTML page).")
 @_guarded
-def viz_predictions(target: str, text_file: str, max_chars: int, trial: str | None, out: str) -> None:
+def viz_predictions(target: str, text_file: str, max_chars: int, trial: str | None, out: str, device: str) -> None:
     """An HTML page showing, for each character of a text, the probability the checkpoint TARGET gave it
     (as its colour) and its top 5 guesses for the next character."""
+    from .engine.device import pick
     from .insight import viz as views
     from .insight.sample import load
 
+    where = pick(device)
     text, total = views.read_text(text_file, max_chars)
-    model, vocab, meta = load(target, trial=trial)
+    model, vocab, meta = load(target, trial=trial, device=where)
     trace = views.trace(model, vocab, text)
     title = _viz_title(target, trial, text_file)
     _write_page(out, views.predictions_page(trace, vocab, meta, title, total))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from rnnfarm import log, spec
 from rnnfarm.corpus.build import build
@@ -153,3 +154,8 @@ def trained_checkpoint(shakespeare, tmp_path_factory):
     job = make_spec(str(root / "storage"), model={"layers": 2}, train={"steps": 40, "eval_every": 20})
     train(Job(job, shakespeare.folder, Run(Store.at(job.storage) / "runs" / "t").trial()), LocalSession(root / "ckpt"))
     return root / "ckpt" / "checkpoint-000040"
+
+
+def runs_out_of_device_memory(*args, **kwargs):
+    """What torch raises when a GPU's memory runs out, raised where a model would compute: no GPU here to run out."""
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")

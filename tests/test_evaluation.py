@@ -16,6 +16,7 @@ from rnnfarm.corpus.sources import cache_dir
 from rnnfarm.corpus.vocab import Vocab
 from rnnfarm.engine import checkpoint
 from rnnfarm.engine.loop import Job, LocalSession, evaluate, evaluate_split, train
+from rnnfarm.engine.model import CharRNN
 from rnnfarm.engine.streams import eval_cut, eval_streams, load_tokens
 from rnnfarm.errors import UserError
 from rnnfarm.layout import Run
@@ -23,7 +24,7 @@ from rnnfarm.spec import EvalSpec
 from rnnfarm.storage import Store
 from rnnfarm_plugins.shakespeare import TINY_SHA256
 
-from .conftest import make_spec
+from .conftest import make_spec, runs_out_of_device_memory
 
 SMALL_VAL = {"name": "shakespeare", "val": 0.01}
 
@@ -113,6 +114,30 @@ def test_rnnfarm_evaluate_prints_the_checkpoints_loss_under_the_fixed_cut(shakes
     assert f"val loss {reported:.4f} nats/char" in result.output and "64 streams, 0 warm-up" in result.output
     result = CliRunner().invoke(cli, ["evaluate", str(folder), "--split", "test", "--storage", storage])
     assert result.exit_code == 2 and "no test split" in result.output and "Traceback" not in result.output
+
+
+def test_rnnfarm_evaluate_on_the_cpu_device_or_auto_prints_the_same_loss(shakespeare, trained):
+    folder, reported, _ = trained
+    storage = shakespeare.folder.parent.parent.url
+    for device in ("cpu", "auto"):
+        result = CliRunner().invoke(cli, ["evaluate", str(folder), "--storage", storage, "--device", device])
+        assert result.exit_code == 0 and f"val loss {reported:.4f} nats/char" in result.output, result.output
+
+
+def test_running_out_of_device_memory_while_evaluating_is_one_line_naming_the_batch_and_the_model_size(
+    shakespeare, trained, monkeypatch
+):
+    # Simulated: no GPU here, so the model's forward raises what torch raises when a GPU's memory runs out.
+    folder, _, _ = trained
+    parameters = sum(p.numel() for p in checkpoint.load_model(folder)[0].parameters())
+    monkeypatch.setattr(CharRNN, "forward", runs_out_of_device_memory)
+    storage = shakespeare.folder.parent.parent.url
+    result = CliRunner().invoke(cli, ["evaluate", str(folder), "--storage", storage, "--device", "cpu"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.splitlines()[-1] == (  # after the log's lines of the corpus found
+        f"error: out of memory on cpu with a batch of 64 streams x 32 characters and a model of {parameters:,} "
+        "parameters: lower --streams"
+    )
 
 
 # nanoGPT's cut, small: random windows of a split, each scored from a zero state.

@@ -8,11 +8,15 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from click.testing import CliRunner
 
 from rnnfarm.cli import cli
+from rnnfarm.engine.model import CharRNN
 from rnnfarm.insight.sample import characters, load
+
+from .conftest import runs_out_of_device_memory
 
 
 def sample(checkpoint, *args: str):
@@ -92,3 +96,44 @@ def test_sampling_leaves_torch_settings_as_they_were_between_and_after_steps(tra
     drawn = characters(model, vocab, "ROMEO:", 5, generator=torch.Generator().manual_seed(1))
     seen = [torch.backends.mkldnn.enabled for _ in drawn]
     assert seen == [True] * 5 and torch.backends.mkldnn.enabled
+
+
+def test_the_text_a_seed_draws_is_the_same_whichever_device_option_picks_this_machines_device(trained_checkpoint):
+    default = sample(trained_checkpoint, "--length", "80", "--seed", "4", "-t", "0.9")
+    for device in ("cpu", "auto"):
+        assert sample(trained_checkpoint, "--length", "80", "--seed", "4", "-t", "0.9", "--device", device) == default
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for the CUDA device a machine without one lacks")
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["sample"],
+        ["evaluate"],
+        ["viz", "predictions", "--text", "unread.txt"],
+        ["viz", "neurons", "--text", "unread.txt", "--top", "3"],
+    ],
+)
+def test_every_command_that_runs_a_model_refuses_a_device_torch_does_not_see_in_one_line(trained_checkpoint, command):
+    for device, message in [
+        ("cuda", f"--device cuda: torch {torch.__version__} sees no CUDA device here: use --device cpu or auto"),
+        ("cuda:1", "--device cuda:1: torch"),
+        ("gpu", "--device 'gpu' is not a device: give cpu, cuda, cuda:N or auto"),
+    ]:
+        result = CliRunner().invoke(cli, [*command, str(trained_checkpoint), "--device", device])
+        assert result.exit_code == 2 and result.output.startswith(f"error: {message}"), result.output
+        assert len(result.output.splitlines()) == 1
+
+
+def test_running_out_of_device_memory_while_sampling_is_one_line_naming_the_batch_and_the_model_size(
+    trained_checkpoint, monkeypatch
+):
+    # Simulated: no GPU here, so the model's forward raises what torch raises when a GPU's memory runs out.
+    parameters = sum(p.numel() for p in load(str(trained_checkpoint))[0].parameters())
+    monkeypatch.setattr(CharRNN, "forward", runs_out_of_device_memory)
+    result = CliRunner().invoke(cli, ["sample", str(trained_checkpoint), "--prime", "ROMEO:", "--device", "cpu"])
+    assert result.exit_code == 2
+    assert result.output == (
+        f"error: out of memory on cpu with a batch of one prime of 6 characters and a model of {parameters:,} "
+        "parameters: lower the prime's length\n"
+    )

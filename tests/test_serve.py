@@ -1,8 +1,12 @@
-"""`rnnfarm serve`: a real Ray Serve application on the suite's local Ray, asked over HTTP with a real client."""
+"""`rnnfarm serve`: a real Ray Serve application on the suite's local Ray, asked over HTTP with a real client.
+
+The replica asks for half of the suite's Ray's one logical GPU: Ray really gives it, and torch in the replica
+finds no CUDA there, so the model runs on the CPU (on a GPU machine the same replica runs it on its GPU)."""
 
 from __future__ import annotations
 
 import json
+import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,7 +17,7 @@ from click.testing import CliRunner
 
 from rnnfarm.cli import cli
 from rnnfarm.corpus.vocab import Vocab
-from rnnfarm.engine.model import CharRNN
+from rnnfarm.engine.model import CharRNN, draw
 from rnnfarm.insight.sample import characters
 from rnnfarm.launch.pipeline import free_ports
 from rnnfarm.serving import serve as serving
@@ -24,10 +28,12 @@ MAX_LENGTH = 1_000_000  # long enough for a stream that outlasts the test's wait
 
 @pytest.fixture(scope="module")
 def server(ray_local, trained_checkpoint):
-    args = serving.ServeArgs(checkpoint=str(trained_checkpoint), cpus_per_replica=0.5, max_length=MAX_LENGTH)
+    args = serving.ServeArgs(
+        checkpoint=str(trained_checkpoint), cpus_per_replica=0.5, gpus_per_replica=0.5, max_length=MAX_LENGTH
+    )
     served = serving.start(args, port=free_ports(1)[0])
     yield served.url
-    serving.stop()  # the replica's CPU goes back to the other tests' Ray
+    serving.stop()  # the replica's CPU and GPU go back to the other tests' Ray
 
 
 def generate(url: str, **body) -> dict:
@@ -107,6 +113,64 @@ def test_bad_requests_get_a_400_with_one_line_saying_what_is_wrong(server, body,
     assert message in error and "\n" not in error, error
 
 
+def test_a_replica_holds_the_share_of_a_gpu_it_asks_ray_for_and_runs_where_torch_in_it_sees_a_device(server, ray_local):
+    assert ray_local.cluster_resources()["GPU"] == 1
+    assert ray_local.available_resources().get("GPU") == 0.5  # the replica holds its half
+    device = requests.get(f"{server}/model", timeout=60).json()["device"]
+    assert device == ("cuda" if torch.cuda.is_available() else "cpu")  # a GPU Ray only counts is no device
+
+
+@pytest.mark.parametrize(
+    ("gpus", "message"),
+    [
+        ("2", "--gpus-per-replica 2 x 1 replica(s) asks for 2 GPUs and this Ray has 1: lower --gpus-per-replica"),
+        ("1.5", "--gpus-per-replica 1.5: above 1, give a whole number of GPUs (or a fraction of one)"),
+    ],
+)
+def test_gpus_this_ray_cannot_give_a_replica_are_refused_in_one_line(ray_local, trained_checkpoint, gpus, message):
+    result = CliRunner().invoke(cli, ["serve", str(trained_checkpoint), "--gpus-per-replica", gpus])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_step_that_runs_out_of_device_memory_fails_its_request_in_one_line_and_the_next_one_is_served():
+    # Simulated: no GPU here, so torch.OutOfMemoryError is raised by the model's forward for a long prime.
+    vocab = Vocab(("\n", *(chr(c) for c in range(32, 96))))
+    torch.manual_seed(1)
+    model = CharRNN(len(vocab), ModelSpec(layers=2, hidden=24, embedding=8)).eval()
+    parameters = sum(p.numel() for p in model.parameters())
+    forward = model.forward
+
+    def runs_out_on_long_input(x, state=None):
+        if x.shape[1] > 100:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return forward(x, state)
+
+    model.forward = runs_out_on_long_input
+    ended: queue.SimpleQueue = queue.SimpleQueue()
+    stepper = serving.Stepper(model, lambda deliveries: [ended.put(d) for d in deliveries], max_batch=4)
+
+    def job(prime: str) -> serving.Job:
+        ids = torch.from_numpy(vocab.encode(prime).astype("int64"))
+        return serving.Job(ids, 20, 1.0, None, torch.Generator().manual_seed(5), vocab.decoder(), False)
+
+    try:
+        long, short = job("A" * 500), job("AB")
+        stepper.submit(long)
+        failed, _, done = ended.get(timeout=60)
+        stepper.submit(short)
+        served, text, _ = ended.get(timeout=60)
+    finally:
+        stepper.stop()
+    assert failed is long and done and served is short and short.error is None
+    assert long.error == (
+        f"out of memory on cpu with a batch of one prime of 500 characters and a model of {parameters:,} "
+        "parameters: lower the server's --max-batch or the primes"
+    )
+    model.forward = forward
+    assert text == "".join(characters(model, vocab, "AB", 20, generator=torch.Generator().manual_seed(5)))
+
+
 def test_health_and_the_model_card_are_served(server, trained_checkpoint):
     assert requests.get(f"{server}/healthz", timeout=60).json() == {"status": "ok"}
     card = requests.get(f"{server}/model", timeout=60).json()
@@ -123,7 +187,7 @@ def test_a_batched_step_draws_for_each_row_what_torch_multinomial_draws_alone():
     top_k = torch.tensor([65, 1, 5, 65, 64, 20])
     for seed in range(20):
         gens = [torch.Generator().manual_seed(seed * 10 + row) for row in range(6)]
-        drawn = serving.draw(last, temperature, top_k, gens).tolist()
+        drawn = draw(last, temperature, top_k, gens).tolist()
         for row in range(6):
             scaled = last[row] / float(temperature[row])
             kth = torch.topk(scaled, int(top_k[row])).values[-1]

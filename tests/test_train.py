@@ -14,7 +14,7 @@ from rnnfarm.layout import Run
 from rnnfarm.spec import ModelSpec, TrainSpec
 from rnnfarm.storage import Store
 
-from .conftest import PRECISIONS, make_spec
+from .conftest import PRECISIONS, make_spec, runs_out_of_device_memory
 
 
 def run_in_process(shakespeare, tmp_path, **sections):
@@ -200,3 +200,24 @@ def test_resuming_with_averaging_and_every_regularizer_continues_bitwise(shakesp
         assert first.keys() == second.keys()
         assert all(torch.equal(first[k], second[k]) for k in first), name
     assert straight.reports[-1]["val_loss"] == resumed.reports[-1]["val_loss"]
+
+
+def test_running_out_of_device_memory_stops_training_in_one_line_naming_the_batch_and_the_model_size(
+    shakespeare, tmp_path, monkeypatch
+):
+    # Simulated: no GPU here, so the third forward pass raises what torch raises when a GPU's memory runs out.
+    forward, calls = CharRNN.forward, []
+
+    def runs_out_at_the_third_step(self, x, state=None):
+        calls.append(x.shape)
+        return runs_out_of_device_memory() if len(calls) == 3 else forward(self, x, state)
+
+    monkeypatch.setattr(CharRNN, "forward", runs_out_at_the_third_step)
+    with pytest.raises(UserError) as stopped:
+        run_in_process(shakespeare, tmp_path, model={"layers": 2, "hidden": 32}, train={"batch_size": 8, "seq_len": 32})
+    parameters = sum(p.numel() for p in CharRNN(65, ModelSpec(layers=2, hidden=32, embedding=16)).parameters())
+    assert str(stopped.value) == (
+        f"out of memory on cpu with a batch of 8 x 32 characters per worker and a model of {parameters:,} "
+        "parameters: lower train.batch_size or train.seq_len, or the model's size (model.hidden, model.layers)"
+    )
+    assert not (tmp_path / "checkpoints").exists()  # nothing of the failed run is kept

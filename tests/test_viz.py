@@ -20,6 +20,7 @@ from rnnfarm.insight import viz
 from rnnfarm.spec import ModelSpec
 
 from .browser import render
+from .conftest import runs_out_of_device_memory
 
 TEXT_CHARS = 400
 
@@ -233,3 +234,20 @@ def test_with_a_replacement_symbol_characters_outside_the_vocabulary_are_read_as
     page = viz.predictions_page(trace, vocab, meta, "replacement")
     assert f"{outside.sum()} character(s) outside the model&#x27;s vocabulary" in page and "read as" in page
     assert viz.neurons_page(trace, meta, "replacement", top=2).count("class=u ") == 2 * outside.sum()  # 2 cells
+
+
+def test_running_out_of_device_memory_while_tracing_a_text_is_one_line_naming_it_and_the_model_size(
+    trained_checkpoint, val_text, tmp_path, monkeypatch
+):
+    # Simulated: no GPU here, so a layer's arithmetic raises what torch raises when a GPU's memory runs out.
+    parameters = sum(p.numel() for p in checkpoint.load_model(trained_checkpoint)[0].parameters())
+    monkeypatch.setattr(viz, "_lstm_layer", runs_out_of_device_memory)
+    out = tmp_path / "page.html"
+    args = ["viz", "neurons", str(trained_checkpoint), "--text", str(val_text), "--top", "3", "-o", str(out)]
+    args += ["--device", "cpu"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and not out.exists()
+    assert result.output == (
+        f"error: out of memory on cpu with a batch of one text of {TEXT_CHARS} characters and a model of "
+        f"{parameters:,} parameters: lower --max-chars\n"
+    )

@@ -29,6 +29,7 @@ from ..storage import Store
 from ..units import bits, now
 from . import checkpoint
 from .average import Average, applied, make_average
+from .device import memory_named
 from .model import CharRNN, State, detach, generate, recurrent_dtype, state_from_tensors, state_tensors
 from .streams import Streams, Windows, eval_cut, streams_for
 
@@ -245,7 +246,12 @@ def evaluate_split(job: Job, folder: Path, split: str = "test", device: str | to
     cut = eval_cut(job.corpus, manifest, split, vocab, spec=spec.eval, seq_len=t.seq_len, **where)
     model = checkpoint.load_model(folder, device)[0]
     dtype = precision_policy(t.precision, Capability.of(device)).autocast
-    total = evaluate(model, cut, warmup=spec.eval.warmup, device=device, dtype=dtype)
+    if isinstance(cut, Windows):
+        batch, lower = f"{cut.batch} windows x {cut.length} characters", "--window"
+    else:
+        batch, lower = f"{spec.eval.streams} streams x {t.seq_len} characters", "--streams"
+    with memory_named(device, batch=batch, model=model, lower=lower, device_option=True):
+        total = evaluate(model, cut, warmup=spec.eval.warmup, device=device, dtype=dtype)
     return float(total[0] / total[1])
 
 
@@ -596,9 +602,21 @@ def save_weights(w: Worker, folder: Path, *, step: int, val_loss: float, metrics
 
 
 def train(job: Job, session: Session) -> dict[str, Any]:
-    """Train the spec's model on this worker's share of the corpus; returns the last metrics."""
+    """Train the spec's model on this worker's share of the corpus; returns the last metrics.
+
+    Running out of the device's memory stops it in one line (a UserError) that names the batch and the
+    model's size: the run's failure line."""
     t = job.spec.train
     w = set_up(job, session)
+    batch = f"{t.batch_size} x {t.seq_len} characters per worker"
+    lower = "train.batch_size or train.seq_len, or the model's size (model.hidden, model.layers)"
+    with memory_named(w.device, batch=batch, model=w.model, lower=lower):
+        return steps(w)
+
+
+def steps(w: Worker) -> dict[str, Any]:
+    """The loop: train, evaluate and store until ``train.steps``, from where the latest checkpoint left off."""
+    t = w.job.spec.train
     step, best, state, divergence = resume(w)
     resumed_from = step
     guard = Guard(t, len(w.vocab), divergence, w.logger)
@@ -625,7 +643,7 @@ def train(job: Job, session: Session) -> dict[str, Any]:
             continue
 
         # Evaluate. The interval's loss over every worker is the same on every rank: all of them evaluate, or none.
-        train_loss = interval.finish(session)
+        train_loss = interval.finish(w.session)
         val_loss = validate(w) if math.isfinite(train_loss) else math.nan
         if why := guard.check(train_loss, val_loss):  # nothing of a diverged interval is stored
             step, best, state = guard.roll_back(why, step, **kept)

@@ -10,7 +10,7 @@ run would draw other masks. The stored weights and the inference path are the pl
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -165,6 +165,25 @@ def state_from_tensors(tensors: dict[str, Tensor], device: torch.device) -> Stat
     return (h, c) if c is not None else h
 
 
+def draw(
+    last: Tensor, temperature: Tensor, top_k: Tensor | None, generators: Sequence[torch.Generator | None]
+) -> Tensor:
+    """The next token of each row of ``last`` (B, V logits, on the CPU), each row drawn with its own CPU generator.
+
+    torch.multinomial(p, 1) draws argmax(p / e), e ~ Exp(1) drawn over a tensor shaped like p; here each row's
+    e comes from its own generator (None: torch's default one), and the rest runs on the whole batch. The noise
+    and the draw are on the CPU whatever device made the logits, so the same logits and seed draw the same
+    token on any device. ``top_k``: each row's k, at most V (k = V masks nothing).
+    """
+    scaled = last / temperature[:, None]
+    if top_k is not None:  # the k-th largest of each row
+        kth = scaled.sort(dim=-1, descending=True).values.gather(1, top_k[:, None] - 1)
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    probs = torch.softmax(scaled, dim=-1)
+    noise = torch.stack([torch.empty(probs.shape[1]).exponential_(generator=g) for g in generators])
+    return (probs / noise).argmax(dim=-1)
+
+
 @torch.no_grad()
 def generate(
     model: CharRNN,
@@ -176,26 +195,24 @@ def generate(
     argmax: bool = False,
     generator: torch.Generator | None = None,
 ):
-    """Yield ``length`` next-token ids after a 1-D prime; the state is carried, nothing is recomputed."""
+    """Yield ``length`` next-token ids after a 1-D prime; the state is carried, nothing is recomputed.
+
+    The model runs on its own device; each token is drawn on the CPU (``draw``) from a CPU ``generator``."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
+    temperatures = torch.tensor([temperature], dtype=torch.float32)
+    k = None if top_k is None else torch.tensor([min(top_k, model.vocab_size)])
     try:
         with native_rnn_kernels():
-            logits, state = model(prime.view(1, -1))
-        last = logits[0, -1].float()
+            logits, state = model(prime.view(1, -1).to(device))
+        last = logits[:, -1].float().cpu()
         for _ in range(length):
-            if argmax:
-                token = last.argmax().view(1)
-            else:
-                scaled = last / temperature
-                if top_k is not None and top_k < scaled.numel():
-                    kth = torch.topk(scaled, top_k).values[-1]
-                    scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-                token = torch.multinomial(torch.softmax(scaled, dim=-1), 1, generator=generator)
+            token = last.argmax(dim=-1) if argmax else draw(last, temperatures, k, [generator])
             yield int(token)
             with native_rnn_kernels():  # only while a step runs: the caller's code between steps is left alone
-                logits, state = model(token.view(1, 1), state)
-            last = logits[0, -1].float()
+                logits, state = model(token.view(1, 1).to(device), state)
+            last = logits[:, -1].float().cpu()
     finally:
         model.train(was_training)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from .. import spec as specs
 from ..corpus.build import build
 from ..engine import checkpoint
@@ -29,12 +31,14 @@ def checkpoint_loss(
     trial: str | None = None,
     storage: str | None = None,
     cut: dict[str, Any] | None = None,
+    device: str | torch.device | None = None,
 ) -> Scored:
     """The loss of the checkpoint ``target`` names (a checkpoint folder, or a run: its best) on ``split`` (or
     splits joined, ``val+test``), cut as its spec's ``eval`` says with ``cut``'s settings over it.
 
     The corpus is the one the checkpoint was trained on, found (or rebuilt) under the storage its spec names,
-    or ``storage``; a corpus that is not the same text any more is refused.
+    or ``storage``; a corpus that is not the same text any more is refused. ``device``: where the model
+    runs (None: a GPU if this process has one).
     """
     with local_checkpoint(target, trial=trial) as folder:
         meta = checkpoint.load_meta(folder)
@@ -50,5 +54,5 @@ def checkpoint_loss(
                 "(another fingerprint): pass --storage with the run's storage"
             )
         job = Job(job_spec, built.folder, Run.under(root, job_spec.name).trial())
-        loss = evaluate_split(job, folder, split)
+        loss = evaluate_split(job, folder, split, device)
     return Scored(loss, meta["step"], job_spec.eval)

@@ -70,10 +70,13 @@ def local_checkpoint(target: str, options: dict | None = None, trial: str | None
     )
 
 
-def load(target: str, options: dict | None = None, trial: str | None = None) -> tuple[CharRNN, Vocab, dict]:
-    """The model, vocabulary and metadata of the checkpoint ``target`` names (see ``local_checkpoint``)."""
+def load(
+    target: str, options: dict | None = None, trial: str | None = None, device: str | torch.device = "cpu"
+) -> tuple[CharRNN, Vocab, dict]:
+    """The model (on ``device``), vocabulary and metadata of the checkpoint ``target`` names (see
+    ``local_checkpoint``)."""
     with local_checkpoint(target, options, trial) as folder:
-        return checkpoint.load_model(folder)
+        return checkpoint.load_model(folder, device)
 
 
 def read_prime(source: str) -> str:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..corpus.vocab import Vocab, codepoints, utf8_bytes
+from ..engine.device import memory_named
 from ..engine.model import CharRNN
 from ..errors import UserError
 from ..storage import text_file
@@ -104,7 +105,7 @@ def _lstm_layer(x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tenso
 def _single_layer(rnn: nn.RNNBase, layer: int, x: Tensor) -> Tensor:
     """Layer ``layer`` of a stacked GRU or RNN run alone over a (T, in) sequence: its output h, (T, hidden)."""
     extra = {"nonlinearity": rnn.nonlinearity} if isinstance(rnn, nn.RNN) else {}
-    one = type(rnn)(x.shape[-1], rnn.hidden_size, 1, batch_first=True, **extra)
+    one = type(rnn)(x.shape[-1], rnn.hidden_size, 1, batch_first=True, device=x.device, **extra)
     names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
     one.load_state_dict({f"{n}_l0": getattr(rnn, f"{n}_l{layer}") for n in names})
     return one(x[None])[0][0]
@@ -122,19 +123,20 @@ def trace(model: CharRNN, vocab: Vocab, text: str) -> Trace:
     if not len(read):
         raise UserError("none of the text's characters is in the model's vocabulary: give text like its corpus's")
     ids = vocab.ids(points[read]).astype("int64")
-    x = model.embed(torch.from_numpy(ids)).float()
-    cells, outputs = [], []
-    for layer in range(model.spec.layers):
-        if model.spec.cell == "lstm":
-            weights = [
-                getattr(model.rnn, f"{n}_l{layer}").float() for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-            ]
-            x, c = _lstm_layer(x, *weights)
-            cells.append(torch.tanh(c).numpy())
-        else:
-            x = _single_layer(model.rnn, layer, x)
-        outputs.append(x.numpy())
-    probs = torch.softmax(model.head(x).float(), dim=-1).numpy()
+    device = next(model.parameters()).device
+    named = {"batch": f"one text of {len(ids)} characters", "lower": "--max-chars", "device_option": True}
+    with memory_named(device, model=model, **named):
+        x = model.embed(torch.from_numpy(ids).to(device)).float()
+        cells, outputs = [], []
+        for layer in range(model.spec.layers):
+            if model.spec.cell == "lstm":
+                names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+                x, c = _lstm_layer(x, *[getattr(model.rnn, f"{n}_l{layer}").float() for n in names])
+                cells.append(torch.tanh(c).cpu().numpy())
+            else:
+                x = _single_layer(model.rnn, layer, x)
+            outputs.append(x.cpu().numpy())
+        probs = torch.softmax(model.head(x).float(), dim=-1).cpu().numpy()
     cells_or_none = np.stack(cells) if cells else None
     return Trace(text, unknown, vocab.replacement, read, ids, cells_or_none, np.stack(outputs), probs)
 

@@ -5,11 +5,15 @@ generated is one row of the model's state: one forward pass steps every row, so 
 requests at once and its throughput grows with concurrency. A request joins between two steps (its
 prime read alone, as `rnnfarm sample` reads it) and leaves as soon as its text is complete.
 
-Each row draws with its own torch.Generator the Gumbel-max draw torch.multinomial makes in `rnnfarm
-sample`, so a request's text follows from its own settings and seed. What else is in the batch changes
-only the last bits of its logits (the matrix products of a batched step round differently from those of
-a batch of one, by about 1e-7 of a logit), which flips a draw only where two characters tie that
-closely; bench/serve.py counts the characters where served texts differ from the plain loop's.
+Each row draws with its own CPU torch.Generator, through the draw `rnnfarm sample` makes (``draw``), so a
+request's text follows from its own settings and seed. What else is in the batch changes only the last
+bits of its logits (the matrix products of a batched step round differently from those of a batch of one,
+by about 1e-7 of a logit), which flips a draw only where two characters tie that closely; bench/serve.py
+counts the characters where served texts differ from the plain loop's.
+
+A replica runs its model on the GPU torch sees in it (Ray gives it one with ``gpus_per_replica``), else on
+its CPU. The draw stays on the CPU, so a seed draws the same noise there: on a GPU only the logits differ
+from the CPU's (cuDNN and cuBLAS round otherwise), with the same effect as batching's.
 
 HTTP: ``POST /generate`` (JSON in; JSON out, or the text itself as it is generated, chunked
 ``text/plain``, with ``stream: true``), ``GET /healthz``, ``GET /model`` (the model card).
@@ -28,14 +32,15 @@ from urllib.parse import urlsplit
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from ray import serve
 from torch import Tensor
 
 from .. import redact
 from ..corpus.vocab import Vocab
 from ..engine import checkpoint
-from ..engine.model import CharRNN, State, native_rnn_kernels
+from ..engine.device import out_of_memory_line
+from ..engine.model import CharRNN, State, draw, native_rnn_kernels
 from ..errors import UserError
 from ..insight.sample import local_checkpoint
 
@@ -66,8 +71,18 @@ class ServeArgs(BaseModel):
     checkpoint: str = Field(description="A checkpoint folder, or a run (its best checkpoint), at any storage URL.")
     replicas: int = Field(1, ge=1, description="Replicas, each with its own copy of the model.")
     cpus_per_replica: float = Field(1.0, gt=0, description="CPUs Ray reserves for each replica.")
+    gpus_per_replica: float = Field(
+        0.0, ge=0, description="GPUs Ray reserves for each replica (a fraction shares one); the model runs there."
+    )
     max_length: int = Field(2000, ge=1, description="Longest text one request may ask for.")
     max_batch: int = Field(64, ge=1, description="Requests one replica generates at once (rows of its batch).")
+
+    @field_validator("gpus_per_replica")
+    @classmethod
+    def _whole_above_one(cls, gpus: float) -> float:
+        if gpus > 1 and not gpus.is_integer():  # Ray shares a GPU in fractions of one, never across two
+            raise UserError(f"--gpus-per-replica {gpus:g}: above 1, give a whole number of GPUs (or a fraction of one)")
+        return gpus
 
 
 # ---- the step loop: plain torch, no Ray -------------------------------------------------------------------
@@ -94,22 +109,6 @@ class Job:
 Delivery = tuple[Job, str, bool]  # a job, text it has not been sent yet, whether it is complete
 
 
-def draw(last: Tensor, temperature: Tensor, top_k: Tensor | None, generators: list[torch.Generator]) -> Tensor:
-    """The next token of each row of ``last`` (B, V logits), each row drawn with its own generator.
-
-    Row for row the arithmetic of ``rnnfarm.model.generate``: there torch.multinomial(p, 1) draws
-    argmax(p / e), e ~ Exp(1) drawn by the generator over a tensor shaped like p; here each row's e
-    comes from its own generator, and the rest runs on the whole batch.
-    """
-    scaled = last / temperature[:, None]
-    if top_k is not None:  # the k-th largest of each row; a row without top_k has k = V, which masks nothing
-        kth = scaled.sort(dim=-1, descending=True).values.gather(1, top_k[:, None] - 1)
-        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-    probs = torch.softmax(scaled, dim=-1)
-    noise = torch.stack([torch.empty(probs.shape[1]).exponential_(generator=g) for g in generators])
-    return (probs / noise).argmax(dim=-1)
-
-
 def state_rows(state: State, index: Tensor) -> State:
     return tuple(s.index_select(1, index) for s in state) if isinstance(state, tuple) else state.index_select(1, index)
 
@@ -127,6 +126,7 @@ class Stepper:
 
     def __init__(self, model: CharRNN, dispatch: Callable[[list[Delivery]], None], *, max_batch: int) -> None:
         self.model, self.dispatch, self.max_batch = model.eval(), dispatch, max_batch
+        self.device = next(model.parameters()).device
         self.incoming: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._loop, name="rnnfarm-stepper", daemon=True)
         self.thread.start()
@@ -145,29 +145,43 @@ class Stepper:
         state: State | None = None
         last: Tensor | None = None  # (rows, V): the logits each row draws its next token from
         while True:
-            # Admit waiting jobs (waiting for one only when there is nothing to step); each prime is read
-            # alone, batch 1, exactly as rnnfarm.model.generate reads it.
-            while len(active) < self.max_batch:
-                try:
-                    job = self.incoming.get(block=not active)
-                except queue.Empty:
-                    break
-                if job is None:
-                    return
-                with native_rnn_kernels():
-                    logits, row_state = self.model(job.ids.view(1, -1))
-                active.append(job)
-                state = state_joined(state, row_state)
-                row_last = logits[:, -1].float()
-                last = row_last if last is None else torch.cat([last, row_last])
+            reading: Job | None = None  # the job whose prime is being read
             try:
+                # Admit waiting jobs (waiting for one only when there is nothing to step); each prime is read
+                # alone, batch 1, exactly as rnnfarm.model.generate reads it.
+                while len(active) < self.max_batch:
+                    try:
+                        reading = self.incoming.get(block=not active)
+                    except queue.Empty:
+                        break
+                    if reading is None:
+                        return
+                    with native_rnn_kernels():
+                        logits, row_state = self.model(reading.ids.view(1, -1).to(self.device))
+                    active.append(reading)
+                    reading = None
+                    state = state_joined(state, row_state)
+                    row_last = logits[:, -1].float().cpu()
+                    last = row_last if last is None else torch.cat([last, row_last])
                 active, state, last = self._step(active, state, last)
             except Exception as exc:  # a failed step fails the jobs in it, never the replica
-                logger.exception("generation step failed")
-                for job in active:
-                    job.error = f"generation failed: {exc}"
-                self.dispatch([(job, "", True) for job in active])
+                failed = active if reading is None else [*active, reading]
+                batch = f"one prime of {len(reading.ids)} characters" if reading else f"{len(active)} requests"
+                why = self._why(exc, batch)
+                for job in failed:
+                    job.error = why
+                self.dispatch([(job, "", True) for job in failed])
                 active, state, last = [], None, None
+
+    def _why(self, exc: Exception, batch: str) -> str:
+        """Why a step failed, in one line; running out of the device's memory says what to lower."""
+        if isinstance(exc, torch.OutOfMemoryError):
+            lower = "the server's --max-batch or the primes"
+            why = out_of_memory_line(self.device, batch=batch, model=self.model, lower=lower)
+            logger.warning(why)
+            return why
+        logger.exception("generation step failed")
+        return f"generation failed: {exc}"
 
     def _step(self, active: list[Job], state: State, last: Tensor) -> tuple[list[Job], State | None, Tensor | None]:
         """Draw one token for every active job, send on what it completes, and step the rows still going."""
@@ -199,10 +213,10 @@ class Stepper:
         if not going:
             return [], None, None
         index = torch.tensor(going)
-        state = state_rows(state, index) if len(going) < len(active) else state
+        state = state_rows(state, index.to(self.device)) if len(going) < len(active) else state
         with native_rnn_kernels():
-            logits, state = self.model(tokens[index].view(-1, 1), state)
-        return [active[i] for i in going], state, logits[:, -1].float()
+            logits, state = self.model(tokens[index].view(-1, 1).to(self.device), state)
+        return [active[i] for i in going], state, logits[:, -1].float().cpu()
 
 
 # ---- the Serve deployment ------------------------------------------------------------------------------------
@@ -233,6 +247,7 @@ def model_card(meta: dict[str, Any], vocab: Vocab, model: CharRNN, max_length: i
         "val_loss": meta.get("val_loss"),
         "corpus": meta.get("corpus"),
         "max_length": max_length,
+        "device": next(model.parameters()).device.type,  # where this replica runs the model: cpu or cuda
     }
 
 
@@ -243,8 +258,11 @@ class TextGenerator:
 
     def __init__(self, args: ServeArgs) -> None:
         torch.set_grad_enabled(False)
+        # What torch sees here, not what was asked: Ray gives the replica its GPUs (CUDA_VISIBLE_DEVICES),
+        # and a GPU Ray only counts (a logical one) is no device
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         with local_checkpoint(args.checkpoint) as folder:
-            model, self.vocab, meta = checkpoint.load_model(folder)
+            model, self.vocab, meta = checkpoint.load_model(folder, device)
         self.max_length = args.max_length
         self.card = model_card(meta, self.vocab, model, args.max_length)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -329,7 +347,7 @@ def app(args: dict[str, Any]) -> serve.Application:
 def application(args: ServeArgs) -> serve.Application:
     return TextGenerator.options(
         num_replicas=args.replicas,
-        ray_actor_options={"num_cpus": args.cpus_per_replica},
+        ray_actor_options={"num_cpus": args.cpus_per_replica, "num_gpus": args.gpus_per_replica},
         max_ongoing_requests=args.max_batch,
     ).bind(args)
 
@@ -358,6 +376,13 @@ def start(args: ServeArgs, *, host: str = "127.0.0.1", port: int = 8000, address
             ray.init(address="auto", logging_level="WARNING")
         else:
             start_local_ray()
+    if address != "auto":  # a local Ray cannot grow: replicas it has no GPUs for would wait for ever
+        gpus, asked = ray.cluster_resources().get("GPU", 0.0), args.replicas * args.gpus_per_replica
+        if asked > gpus:
+            raise UserError(
+                f"--gpus-per-replica {args.gpus_per_replica:g} x {args.replicas} replica(s) asks for {asked:g} GPUs "
+                f"and this Ray has {gpus:g}: lower --gpus-per-replica or --replicas, or serve on a Ray with GPUs"
+            )
     quiet = {"log_level": "WARNING", "enable_access_log": False}  # Ray copies its actors' lines to this terminal
     serve.start(http_options={"host": host, "port": port}, logging_config=quiet)
     serve.run(application(args), name=APP_NAME, route_prefix="/", logging_config=quiet)
