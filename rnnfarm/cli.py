@@ -303,19 +303,17 @@ def generate_text(
         novel_test = (lambda r: not index.is_record(r, stops)) if novel else None
         keeper = records.Keeper(unique=unique, novel=novel_test)
         budget = tries or records.default_tries(count)
+        search = records.Search(prime=prime, stops=stops, count=count, keeper=keeper, tries=budget)
         found = []
-        for record in records.records(drawn, prime=prime, stops=stops, count=count, keeper=keeper, tries=budget):
+        for record in records.records(search, drawn):
             found.append(record)
             if stream:
-                click.echo(records.escape(record))
-                sys.stdout.flush()
-        for i, record in enumerate(found):
-            if not stream:
-                click.echo(records.escape(record))
-            if index is not None and novelty:
-                click.echo(f"record {i + 1}: {index.meter(record).line()}", err=True)
-        if len(found) < count:
-            raise keeper.shortfall(len(found), count)
+                show_record(len(found), record, index if novelty else None)
+        if not stream:
+            for i, record in enumerate(found):
+                show_record(i + 1, record, index if novelty else None)
+        if error := search.shortfall():
+            raise error
         return
     for i in range(count):
         if count > 1:
@@ -333,6 +331,16 @@ def generate_text(
             click.echo(prime + "".join(text))
         if index is not None:
             click.echo(index.meter("".join(text)).line())
+
+
+def show_record(number: int, record: str, index) -> None:
+    """A record on its line of stdout; with an index, its novelty meter on stderr."""
+    from .insight.records import escape
+
+    click.echo(escape(record))
+    sys.stdout.flush()
+    if index is not None:
+        click.echo(f"record {number}: {index.meter(record).line()}", err=True)
 
 
 @cli.command("evaluate")
@@ -379,9 +387,21 @@ def evaluate_command(target: str, split: str, trial: str | None, storage: str | 
     help="Ray to serve on: local (default; an embedded Ray), auto (this machine's cluster), or a cluster's dashboard "
     "URL (http://HEAD:8265), where the application stays until `serve shutdown`. RAY_ADDRESS sets it too.",
 )
+@click.option(
+    "--corpus",
+    "corpus_url",
+    help="For requests asking novel/novelty: the model's corpus folder, where it is not at the run's recorded storage.",
+)
 @_guarded
 def serve(
-    target: str, replicas: int, cpus_per_replica: float, host: str, port: int, max_length: int, address: str | None
+    target: str,
+    replicas: int,
+    cpus_per_replica: float,
+    host: str,
+    port: int,
+    max_length: int,
+    address: str | None,
+    corpus_url: str | None,
 ) -> None:
     """Serve TARGET (a checkpoint folder, or a run: its best checkpoint) over HTTP with Ray Serve:
     POST /generate, GET /healthz, GET /model. On a local Ray, Ctrl-C stops it."""
@@ -391,7 +411,11 @@ def serve(
     from .serving import serve as serving
 
     args = serving.ServeArgs(
-        checkpoint=target, replicas=replicas, cpus_per_replica=cpus_per_replica, max_length=max_length
+        checkpoint=target,
+        replicas=replicas,
+        cpus_per_replica=cpus_per_replica,
+        max_length=max_length,
+        corpus=corpus_url,
     )
     where = resolve_address("local", address)
     copies = f"{replicas} replica{'s' if replicas > 1 else ''}"

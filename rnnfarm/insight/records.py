@@ -99,7 +99,6 @@ class Keeper:
         return False
 
     def shortfall(self, found: int, wanted: int) -> UserError:
-        """The one line that ends a search which found fewer records than asked."""
         why = ", ".join(f"{n} {reason}" for reason, n in self.discarded.most_common()) or "none discarded"
         return UserError(
             f"found {found} of {wanted} records in {self.tries} tries ({why}): "
@@ -107,24 +106,39 @@ class Keeper:
         )
 
 
-def records(
-    samples: Callable[[], Iterator[str]],
-    *,
-    prime: str,
-    stops: tuple[str, ...],
-    count: int,
-    keeper: Keeper,
-    tries: int,
-) -> Iterator[str]:
-    """Up to ``count`` kept records, drawing at most ``tries`` samples (each ``samples()`` call is one, read
-    only as far as its first stop string). Fewer come back when the tries run out: ``keeper.shortfall`` says why."""
-    found = 0
-    while found < count and keeper.tries < tries:
-        cut = Cut(prime, stops)
+class Search:
+    """A search for ``count`` kept records within ``tries`` samples: ``cut()`` starts a sample, ``offer(cut)``
+    ends it and returns its record if kept. One rule for every caller, whatever draws the samples."""
+
+    def __init__(self, *, prime: str, stops: tuple[str, ...], count: int, keeper: Keeper, tries: int) -> None:
+        self.prime, self.stops, self.count, self.keeper, self.tries = prime, stops, count, keeper, tries
+        self.found = 0
+
+    def going(self) -> bool:
+        return self.found < self.count and self.keeper.tries < self.tries
+
+    def cut(self) -> Cut:
+        return Cut(self.prime, self.stops)
+
+    def offer(self, cut: Cut) -> str | None:
+        record = cut.record()
+        if self.keeper.offer(record):
+            self.found += 1
+            return record
+        return None
+
+    def shortfall(self) -> UserError | None:
+        """The one line that ends a search which found fewer records than asked (None if it found them all)."""
+        return self.keeper.shortfall(self.found, self.count) if self.found < self.count else None
+
+
+def records(search: Search, samples: Callable[[], Iterator[str]]) -> Iterator[str]:
+    """The kept records of ``search``, as they are found; each ``samples()`` call draws one sample, read only as
+    far as its first stop string. Fewer than asked come back when the tries run out: ``search.shortfall()``."""
+    while search.going():
+        cut = search.cut()
         for text in samples():
             if cut.feed(text):
                 break
-        record = cut.record()
-        if keeper.offer(record):
-            found += 1
+        if (record := search.offer(cut)) is not None:
             yield record
