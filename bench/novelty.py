@@ -27,7 +27,8 @@ import time
 CORPORA = {
     "tiny": ("shakespeare", {"variant": "tiny"}, "tiny Shakespeare"),
     "linux-cut": ("linux", {"max_bytes": 6_200_000}, "Linux 6.1 source, the first 6.2 MB of .c/.h files"),
-    "linux": ("linux", {}, "the whole Linux 6.1 source"),
+    "linux-core": ("linux", {}, "Linux 6.1 source, .c/.h of the core folders (about 110 MB)"),
+    "linux": ("linux", {"include": ["*.c", "*.h"]}, "the whole Linux 6.1 source tree (1.2 GB)"),
 }
 
 
