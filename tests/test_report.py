@@ -169,6 +169,8 @@ def test_a_sweep_in_progress_gets_a_report_from_what_its_trials_stored(small_run
         "training speed",
         "trial main",
         "trial b0001",
+        "8-grams found in train",  # the samples' copying from the train split: main's, as the best trial so far
+        "longest span copied from train",
     ]
     assert chart_legend(charts[0]) == ["main", "b0001"] and chart_points(charts[0]) == [2, 1]
     # One evaluation: a marked point on an axis from step 0, not a range around one step.

@@ -69,8 +69,11 @@ def copying_charts(rows: list[dict[str, Any]]) -> str:
             out.append((f"temperature {t:g}", [r["step"] for r in drawn], [value(r["novelty"]) for r in drawn]))
         return out
 
-    share = charts.line_chart(series(lambda m: m["ngram_share"]), f"{n}-grams found in train", "share of the sample")
-    longest = charts.line_chart(series(lambda m: m["longest"]), "longest span copied from train", "characters")
+    def percent(m: dict[str, Any]) -> float | None:
+        return None if m["ngram_share"] is None else 100 * m["ngram_share"]
+
+    share = charts.line_chart(series(percent), f"{n}-grams found in train", "% of the sample's", floor=0)
+    longest = charts.line_chart(series(lambda m: m["longest"]), "longest span copied from train", "characters", floor=0)
     return f"<div class=plots>{share}{longest}</div>"
 
 
