@@ -17,6 +17,7 @@ from typing import Any
 
 from .. import log
 from ..corpus import shards
+from ..corpus.novelty import NGRAM
 from ..corpus.vocab import Vocab
 from ..engine import checkpoint
 from ..errors import UserError
@@ -177,8 +178,9 @@ def evolution(rows: list[dict[str, Any]], temperature: float) -> str:
         for r in drawn
     )
     return (
-        "<table class=evolution><thead><tr><th>step</th><th>val loss</th><th>longest copy</th><th>n-grams in train"
-        f"</th><th>sample at temperature {temperature:g}</th></tr></thead><tbody>{lines}</tbody></table>"
+        "<table class=evolution><thead><tr><th>step</th><th>val loss</th><th>longest copy</th>"
+        f"<th>{NGRAM}-grams in train</th><th>sample at temperature {temperature:g}</th></tr></thead>"
+        f"<tbody>{lines}</tbody></table>"
     )
 
 
