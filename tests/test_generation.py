@@ -74,6 +74,24 @@ def test_the_meter_agrees_with_a_brute_force_search_on_real_text(shakespeare, tr
     assert index.meter(train[:300]).longest == 300 and index.meter(train[:300]).train_at == 0
 
 
+def test_where_a_copy_is_counts_characters_not_bytes_in_a_text_of_many_byte_characters(shakespeare, tmp_path):
+    """Tiny Shakespeare's first 300,000 characters with its vowels accented (two and three UTF-8 bytes each),
+    as a corpus of its own: offsets past several index blocks of 64 KiB."""
+    text = shards.read_split(shakespeare.folder, shakespeare.manifest, "train")[:300_000]
+    accented = text.translate(str.maketrans({"a": "á", "e": "é", "o": "ö", "u": "ű", "'": "’"}))
+    (tmp_path / "accented.txt").write_text(accented, encoding="utf-8")
+    spec = make_spec(
+        str(tmp_path / "storage"), corpus={"name": "files", "options": {"url": str(tmp_path / "accented.txt")}}
+    )
+    built = build(Store.at(spec.storage), spec.corpus)
+    train = shards.read_split(built.folder, built.manifest, "train")
+    index = novelty.open_index(built.folder)
+    for start in (10, 70_000, 150_000, len(train) - 200):
+        piece = train[start : start + 150]
+        meter = index.meter("§" + piece + "§")
+        assert meter.longest == len(piece) and train[meter.train_at : meter.train_at + meter.longest] == piece
+
+
 def test_the_index_is_built_once_per_fingerprint_beside_the_corpus(shakespeare):
     novelty.open_index(shakespeare.folder)
     folder = shakespeare.folder / novelty.FOLDER
