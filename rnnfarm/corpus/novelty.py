@@ -243,8 +243,13 @@ def local_folder(corpus: Store) -> Path:
         (Path(tmp) / INDEX).write_text(json.dumps(info))
         shutil.rmtree(cached, ignore_errors=True)
         cached.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, cached)
-        os.makedirs(tmp)  # TemporaryDirectory removes it on exit
+        try:
+            os.replace(tmp, cached)
+        except OSError:  # another process on this machine put the same index there first
+            if not (cached / INDEX).exists():
+                raise
+        else:
+            os.makedirs(tmp)  # TemporaryDirectory removes it on exit
     return cached
 
 
