@@ -306,3 +306,17 @@ def test_the_sample_archive_stores_the_meter_at_each_evaluation(trained_checkpoi
     for step_file in sorted(trial.glob("step-*.json")):
         for drawn in json.loads(step_file.read_text())["samples"]:
             assert drawn["novelty"] == index.meter(drawn["text"]).to_json()
+
+
+def test_a_run_with_samples_novelty_off_builds_no_index_and_stores_no_meter(shakespeare, tmp_path):
+    from rnnfarm.engine.loop import Job, LocalSession, train
+    from rnnfarm.layout import Run
+
+    copy = tmp_path / "corpus"
+    for item in shakespeare.folder.list():
+        if item.name != novelty.FOLDER:
+            item.download(copy / item.name)
+    job = make_spec(str(tmp_path / "storage"), train={"steps": 4, "eval_every": 4}, samples={"novelty": False})
+    trial = Run(Store.at(job.storage) / "runs" / "off").trial()
+    train(Job(job, Store.at(str(copy)), trial), LocalSession(tmp_path / "ckpt"))
+    assert "novelty" not in trial.samples(4).read_json()["samples"][0] and not (copy / novelty.FOLDER).exists()
