@@ -207,18 +207,59 @@ def _device_option(fn: Callable) -> Callable:
 @click.argument("target")
 @click.option("--trial", help="A trial of the run TARGET: sample its best kept checkpoint instead of the run's best.")
 @click.option("--temperature", "-t", type=float, default=1.0, show_default=True)
-@click.option("--prime", "-p", default="\n", help="Text to start from (its characters must be in the vocabulary).")
+@click.option(
+    "--prime",
+    "-p",
+    default="\n",
+    help="Text to start from (its characters must be in the vocabulary); \\n, \\t and \\\\ as typed in a shell "
+    "are a newline, a tab and a backslash.",
+)
 @click.option(
     "--prime-file",
     type=click.Path(dir_okay=False),
     help="Start from the text of this UTF-8 file (a path or a storage URL) instead of --prime.",
 )
 @click.option("--length", "-l", type=click.IntRange(min=1), default=500, show_default=True)
-@click.option("-n", "count", type=click.IntRange(min=1), default=1, show_default=True, help="How many samples.")
+@click.option(
+    "-n",
+    "count",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="How many samples (records with --stop).",
+)
 @click.option("--seed", type=int, default=None, help="Seed for reproducible samples.")
 @click.option("--top-k", type=click.IntRange(min=1), default=None, help="Sample among the k most likely only.")
 @click.option("--argmax", is_flag=True, help="Always take the most likely character.")
-@click.option("--stream", is_flag=True, help="Print each character as it is generated.")
+@click.option("--stream", is_flag=True, help="Print each character as it is generated (each record, with --stop).")
+@click.option(
+    "--stop",
+    "stops",
+    multiple=True,
+    help="Repeatable. Make records: each sample ends where this text first ends and is printed without it or "
+    "the prime, one record a line (a newline in it printed as \\n); a sample that reaches --length first is "
+    "discarded. Takes \\n, \\t and \\\\ as --prime does.",
+)
+@click.option("--unique", is_flag=True, help="With --stop: no record twice.")
+@click.option("--novel", is_flag=True, help="With --stop: only records that are not a whole record of the train text.")
+@click.option(
+    "--tries",
+    type=click.IntRange(min=1),
+    help="With --stop: the most samples to draw for -n records (default 10 per record, at least 100); "
+    "when they give fewer, those are printed and a last line says why (exit 2).",
+)
+@click.option(
+    "--novelty",
+    is_flag=True,
+    help="After each sample, the novelty meter: its longest span copied from the train split and the share of "
+    "its 8-grams found there (on stderr with --stop).",
+)
+@click.option(
+    "--corpus",
+    "corpus_url",
+    help="For --novel/--novelty: the run's corpus folder, where it is not at the "
+    "run's recorded storage (a pulled run).",
+)
 @_device_option
 @_guarded
 def generate_text(
@@ -233,13 +274,23 @@ def generate_text(
     top_k: int | None,
     argmax: bool,
     stream: bool,
+    stops: tuple[str, ...],
+    unique: bool,
+    novel: bool,
+    tries: int | None,
+    novelty: bool,
+    corpus_url: str | None,
     device: str,
 ) -> None:
     """Generate text from TARGET: a checkpoint folder, a run (its best checkpoint) or, with --trial, a run's
-    trial; local or remote. The text a seed draws is the same on any --device but for near ties (README)."""
+    trial; local or remote. The text a seed draws is the same on any --device but for near ties (README).
+
+    With --stop it makes records, such as names: `--prime "\\n" --stop "\\n" -n 100 --unique --novel`."""
     import torch
 
+    from .corpus import novelty as meter
     from .engine.device import memory_named, pick
+    from .insight import records
     from .insight.sample import characters, check, load, read_prime
 
     where = pick(device)
@@ -247,23 +298,64 @@ def generate_text(
         if prime != "\n":
             raise UserError("give --prime or --prime-file, not both")
         prime = read_prime(prime_file)
+    else:
+        prime = records.unescape(prime)
+    stops = tuple(records.unescape(s) for s in stops)
+    if (unique or novel or tries) and not stops:
+        raise UserError("--unique, --novel and --tries choose among records: give --stop too")
+    records.check(stops, count, tries)
     check(prime, temperature)
-    model, vocab, _ = load(target, trial=trial, device=where)
+    model, vocab, meta = load(target, trial=trial, device=where)
+    index = meter.open_index(meter.corpus_of(meta, corpus_url)) if novel or novelty else None
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     named = {"batch": f"one prime of {len(prime)} characters", "lower": "the prime's length", "device_option": True}
+
+    def drawn():
+        with memory_named(where, model=model, **named):
+            yield from characters(model, vocab, prime, length, temperature, top_k, argmax, generator)
+
+    if stops:
+        novel_test = (lambda r: not index.is_record(r, stops)) if novel else None
+        keeper = records.Keeper(unique=unique, novel=novel_test)
+        budget = tries or records.default_tries(count)
+        search = records.Search(prime=prime, stops=stops, count=count, keeper=keeper, tries=budget)
+        found = []
+        for record in records.records(search, drawn):
+            found.append(record)
+            if stream:
+                show_record(len(found), record, index if novelty else None)
+        if not stream:
+            for i, record in enumerate(found):
+                show_record(i + 1, record, index if novelty else None)
+        if error := search.shortfall():
+            raise error
+        return
     for i in range(count):
         if count > 1:
             click.echo(("\n" if i else "") + f"--- sample {i + 1} of {count} ---")
-        with memory_named(where, model=model, **named):
-            drawn = characters(model, vocab, prime, length, temperature, top_k, argmax, generator)
-            if stream:
-                click.echo(prime, nl=False)
-                for char in drawn:
-                    click.echo(char, nl=False)
-                    sys.stdout.flush()
-                click.echo()
-            else:
-                click.echo(prime + "".join(drawn))
+        text = []
+        if stream:
+            click.echo(prime, nl=False)
+            for char in drawn():
+                text.append(char)
+                click.echo(char, nl=False)
+                sys.stdout.flush()
+            click.echo()
+        else:
+            text = list(drawn())
+            click.echo(prime + "".join(text))
+        if index is not None:
+            click.echo(index.meter("".join(text)).line())
+
+
+def show_record(number: int, record: str, index) -> None:
+    """A record on its line of stdout; with an index, its novelty meter on stderr."""
+    from .insight.records import escape
+
+    click.echo(escape(record))
+    sys.stdout.flush()
+    if index is not None:
+        click.echo(f"record {number}: {index.meter(record).line()}", err=True)
 
 
 @cli.command("evaluate")
@@ -322,6 +414,11 @@ def evaluate_command(
     help="Ray to serve on: local (default; an embedded Ray), auto (this machine's cluster), or a cluster's dashboard "
     "URL (http://HEAD:8265), where the application stays until `serve shutdown`. RAY_ADDRESS sets it too.",
 )
+@click.option(
+    "--corpus",
+    "corpus_url",
+    help="For requests asking novel/novelty: the model's corpus folder, where it is not at the run's recorded storage.",
+)
 @_guarded
 def serve(
     target: str,
@@ -332,6 +429,7 @@ def serve(
     port: int,
     max_length: int,
     address: str | None,
+    corpus_url: str | None,
 ) -> None:
     """Serve TARGET (a checkpoint folder, or a run: its best checkpoint) over HTTP with Ray Serve:
     POST /generate, GET /healthz, GET /model. On a local Ray, Ctrl-C stops it."""
@@ -346,6 +444,7 @@ def serve(
         cpus_per_replica=cpus_per_replica,
         gpus_per_replica=gpus_per_replica,
         max_length=max_length,
+        corpus=corpus_url,
     )
     where = resolve_address("local", address)
     copies = f"{replicas} replica{'s' if replicas > 1 else ''}"

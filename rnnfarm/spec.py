@@ -154,6 +154,7 @@ class SampleSpec(Section):
     temperatures: Annotated[list[PositiveFloat], Field(min_length=1)] = [0.5, 0.8, 1.0]
     length: Positive = 300
     prime: str = "\n"
+    novelty: bool = Field(True, description="Measure each sample's copying from the train split (an index of it).")
 
 
 ADDRESS = re.compile(r"^(local|auto|https?://[^\s/?#]+/?)$")

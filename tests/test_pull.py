@@ -310,3 +310,23 @@ def test_pull_does_not_follow_a_link_out_of_the_destination(trained, s3_env, tmp
     result = run_cli("pull", RUN, "--best", "--dest", str(tmp_path / "d"))
     assert result.exit_code == 2 and "resolves outside" in result.output
     assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_the_novelty_index_lies_beside_the_corpus_on_s3_and_meters_samples_there(
+    trained, s3_env, tmp_path, monkeypatch
+):
+    """The driver built the index into the corpus folder on S3; the worker read it for the run's samples, and
+    `rnnfarm sample --novelty` downloads it once into the local cache."""
+    stored = objects(s3_env)
+    index = {
+        p.rsplit("/", 1)[1] for p in stored if p.startswith("rnnfarm-test/runs-on-s3/corpora/") and "/novelty/" in p
+    }
+    assert index == {"index.json", "train.utf8.npy", "train.sa.npy", "train.marks.npy"}
+    drawn = json.loads(stored["rnnfarm-test/runs-on-s3/runs/tiny/trials/main/samples/step-000030.json"])["samples"]
+    assert all(s["novelty"]["chars"] == len(s["text"]) for s in drawn)
+    monkeypatch.setenv("RNNFARM_CACHE", str(tmp_path))
+    result = run_cli("sample", RUN, "--novelty", "--seed", "1", "-l", "60")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1].startswith("novelty: longest copied span ")
+    (cached,) = (tmp_path / "novelty").iterdir()
+    assert sorted(p.name for p in cached.iterdir()) == sorted(index)

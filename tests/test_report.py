@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from rnnfarm import spec
 from rnnfarm.cli import cli
-from rnnfarm.corpus import shards
+from rnnfarm.corpus import novelty, shards
 from rnnfarm.insight import report
 from rnnfarm.layout import Trial
 from rnnfarm.runs import archive, leaderboard
@@ -70,7 +70,7 @@ def test_a_run_ends_with_its_report_leaderboard_loss_curves_speed_and_samples(sm
     assert float(cells[7].replace(",", "")) > 0  # chars/s
 
     charts = dom.find_all("figure", "chart")
-    assert [c.attrs["data-title"] for c in charts] == ["training speed", "trial main"]
+    assert [c.attrs["data-title"] for c in charts][:2] == ["training speed", "trial main"]
     assert chart_legend(charts[1]) == ["train loss", "val loss"]
     assert chart_points(charts[1]) == [2, 2]  # two evaluations each
     assert not refreshes(dom) and "status completed" in dom.find_all("p", "meta")[0].all_text
@@ -83,6 +83,34 @@ def test_a_run_ends_with_its_report_leaderboard_loss_curves_speed_and_samples(sm
 
     assert links(dom) == [report.NEURONS, report.PREDICTIONS]
     assert all("://" not in h for h in links(dom)) and not dom.find_all("script") and not dom.find_all("img")
+
+
+def test_the_samples_carry_the_novelty_meter_into_the_archive_and_the_report_beside_them_and_as_curves(
+    small_run, shakespeare
+):
+    """The driver built the train split's index before training; the worker metered every sample with it."""
+    run, _ = small_run
+    corpus = json.loads((run / "run.json").read_text())["corpus"]
+    index = novelty.open_index(Store.at(corpus["url"]))
+    assert (Store.at(corpus["url"]) / novelty.FOLDER / novelty.INDEX).exists()
+    drawn = archive.read(Trial(Store.at(str(run / "trials" / "main"))))
+    assert len(drawn) == 4 and all(s["novelty"] == index.meter(s["text"]).to_json() for s in drawn)
+
+    dom = render(run / "report.html", "report", height=2600)
+    under = [d.all_text for d in dom.find_all("div", "novelty")]
+    assert under == [
+        f"longest copy from train {s['novelty']['longest']} chars · 8-grams in train {s['novelty']['ngram_share']:.1%}"
+        for s in drawn
+    ]
+    evolution = dom.find_all("table", "evolution")[0].find_all("tbody")[0].find_all("tr")
+    shown = [s for s in drawn if s["temperature"] == 1.0]
+    assert [[td.all_text for td in r.find_all("td")][2] for r in evolution] == [
+        f"{s['novelty']['longest']} chars" for s in shown
+    ]
+    curves = {c.attrs["data-title"]: c for c in dom.find_all("figure", "chart")}
+    for title in ("8-grams found in train", "longest span copied from train"):
+        assert chart_legend(curves[title]) == ["temperature 0.5", "temperature 1"]
+        assert chart_points(curves[title]) == [2, 2]  # one point per evaluation
 
 
 def test_the_report_links_neuron_and_prediction_pages_of_the_best_checkpoint_on_val_text(small_run, shakespeare):
@@ -141,6 +169,8 @@ def test_a_sweep_in_progress_gets_a_report_from_what_its_trials_stored(small_run
         "training speed",
         "trial main",
         "trial b0001",
+        "8-grams found in train",  # the samples' copying from the train split: main's, as the best trial so far
+        "longest span copied from train",
     ]
     assert chart_legend(charts[0]) == ["main", "b0001"] and chart_points(charts[0]) == [2, 1]
     # One evaluation: a marked point on an axis from step 0, not a range around one step.

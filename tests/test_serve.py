@@ -16,8 +16,10 @@ import torch
 from click.testing import CliRunner
 
 from rnnfarm.cli import cli
+from rnnfarm.corpus import novelty
 from rnnfarm.corpus.vocab import Vocab
 from rnnfarm.engine.model import CharRNN, draw
+from rnnfarm.insight.records import escape
 from rnnfarm.insight.sample import characters
 from rnnfarm.launch.pipeline import free_ports
 from rnnfarm.serving import serve as serving
@@ -27,9 +29,13 @@ MAX_LENGTH = 1_000_000  # long enough for a stream that outlasts the test's wait
 
 
 @pytest.fixture(scope="module")
-def server(ray_local, trained_checkpoint):
+def server(ray_local, trained_checkpoint, shakespeare):
     args = serving.ServeArgs(
-        checkpoint=str(trained_checkpoint), cpus_per_replica=0.5, gpus_per_replica=0.5, max_length=MAX_LENGTH
+        checkpoint=str(trained_checkpoint),
+        cpus_per_replica=0.5,
+        gpus_per_replica=0.5,
+        max_length=MAX_LENGTH,
+        corpus=shakespeare.folder.url,  # the checkpoint's run storage has no corpus: for novel and novelty
     )
     served = serving.start(args, port=free_ports(1)[0])
     yield served.url
@@ -103,6 +109,10 @@ def test_32_concurrent_requests_all_complete_each_with_its_single_request_text(s
         ({"prime": ""}, "prime: String should have at least 1 character"),
         ({"prime": "ROMEO€"}, "outside the model's vocabulary"),
         ([1, 2], "the body must be a JSON object"),
+        ({"n": 3}, "n, unique, novel and tries choose among records: give stop too"),
+        ({"stop": [""]}, "stop.0: String should have at least 1 character"),
+        ({"stop": ["\n"], "n": 5, "tries": 2}, "tries 2 is below n 5"),
+        ({"novelty": True, "stream": True}, "novelty comes with the whole text: leave stream out"),
     ],
 )
 def test_bad_requests_get_a_400_with_one_line_saying_what_is_wrong(server, body, message):
@@ -169,6 +179,54 @@ def test_a_step_that_runs_out_of_device_memory_fails_its_request_in_one_line_and
     )
     model.forward = forward
     assert text == "".join(characters(model, vocab, "AB", 20, generator=torch.Generator().manual_seed(5)))
+
+
+def records_printed(checkpoint, *args: str) -> tuple[list[str], str]:
+    """What `rnnfarm sample` prints: its records' lines, and its last line on stderr (empty when it found them all)."""
+    result = CliRunner().invoke(cli, ["sample", str(checkpoint), *args])
+    assert result.exit_code in (0, 2), result.output
+    return result.stdout.splitlines(), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("body", "options"),
+    [
+        (
+            {"prime": "\n", "stop": ["\n"], "n": 6, "seed": 3, "unique": True},
+            "-p \\n --stop \\n -n 6 --seed 3 --unique",
+        ),
+        (
+            {"prime": "ROMEO:", "stop": ["\n\n", "?"], "n": 3, "seed": 1, "length": 300, "temperature": 0.8},
+            "-p ROMEO: --stop \\n\\n --stop ? -n 3 --seed 1 -l 300 -t 0.8",
+        ),
+        ({"prime": "\n", "stop": ["\n"], "n": 4, "seed": 5, "novel": True}, "-p \\n --stop \\n -n 4 --seed 5 --novel"),
+    ],
+)
+def test_seeded_records_equal_the_records_rnnfarm_sample_prints(server, trained_checkpoint, shakespeare, body, options):
+    lines, _ = records_printed(trained_checkpoint, *options.split(), "--corpus", shakespeare.folder.url)
+    got = generate(server, **body)
+    assert [escape(r) for r in got["records"]] == lines and len(lines) == body["n"]
+    with requests.post(f"{server}/generate", json={**body, "stream": True}, stream=True, timeout=120) as reply:
+        assert reply.status_code == 200 and reply.text.splitlines() == lines
+
+
+def test_records_a_model_cannot_give_come_back_with_a_422_saying_how_many_and_why(server, trained_checkpoint):
+    body = {"prime": "\n", "stop": ["\n"], "n": 100, "unique": True, "length": 2, "seed": 1}
+    options = ["-p", "\\n", "--stop", "\\n", "-n", "100", "--unique", "-l", "2", "--seed", "1"]
+    lines, last = records_printed(trained_checkpoint, *options)
+    reply = requests.post(f"{server}/generate", json=body, timeout=120)
+    assert reply.status_code == 422 and [escape(r) for r in reply.json()["records"]] == lines
+    assert "error: " + reply.json()["error"] + "\n" == last and reply.json()["tries"] == 1000
+    streamed = requests.post(f"{server}/generate", json={**body, "stream": True}, timeout=120).text
+    assert streamed == "".join(line + "\n" for line in lines) + last
+
+
+def test_novelty_is_served_with_the_text_and_with_each_record(server, shakespeare):
+    index = novelty.open_index(shakespeare.folder)
+    got = generate(server, prime="ROMEO:", length=80, seed=4, novelty=True)
+    assert got["novelty"] == index.meter(got["text"]).to_json()
+    got = generate(server, prime="\n", stop=["\n"], n=2, seed=4, novelty=True)
+    assert got["novelty"] == [index.meter(r).to_json() for r in got["records"]]
 
 
 def test_health_and_the_model_card_are_served(server, trained_checkpoint):

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import pytest
 import torch
@@ -175,3 +175,37 @@ def test_the_runtime_comes_through_the_users_npm_registry_configuration(trained_
     assert result.exit_code == 2 and result.output.startswith("error: npm pack onnxruntime-web@"), result.output
     assert "127.0.0.1:9" in result.output or "ECONNREFUSED" in result.output, result.output
     assert not npm.cached_path().exists() and not (tmp_path / "web").exists()
+
+
+RECORDS = FINISHED.replace("card: ", 'link: document.getElementById("permalink").href, card: ')
+
+
+def test_records_asked_in_the_url_are_the_records_rnnfarm_sample_prints(page, model_checkpoint):
+    """stop, n and unique from the query string; argmax draws the same sample every try, so the page's records
+    and its one-line shortfalls can be set beside `rnnfarm sample --argmax`'s."""
+    text = sample_argmax(model_checkpoint, "ROMEO:", 300).removeprefix("ROMEO:")
+    after_newline = sample_argmax(model_checkpoint, "ROMEO:\n", 5).removeprefix("ROMEO:\n")
+    crossing = "\\n" + after_newline[0]  # typed as in a shell: begins in the prime, ends at the first character
+    cli = ["sample", str(model_checkpoint), "--argmax", "-l", "300", "-n", "3"]
+    printed = run_cli(*cli, "-p", "ROMEO:", "--stop", text[30:32])
+    short = run_cli(*cli, "-p", "ROMEO:", "--stop", text[30:32], "--unique")
+    empty = run_cli(*cli, "-p", "ROMEO:\n", "--stop", crossing)
+    settings = {"prime": "ROMEO:", "length": 300, "temperature": 0, "stop": text[30:32], "n": 3}
+    with static_host(page) as base, devtools() as browser:
+        shown = browser.evaluate(browser.open(base + query(**settings)), RECORDS, timeout=120)
+        unique = browser.evaluate(browser.open(base + query(**settings, unique=1)), RECORDS, timeout=120)
+        crossed = browser.evaluate(
+            browser.open(base + query(**{**settings, "prime": "ROMEO:\n", "stop": crossing})), RECORDS, timeout=120
+        )
+    assert shown["state"] == "done", shown["status"]
+    assert printed.exit_code == 0 and shown["output"] == printed.stdout and len(printed.stdout.splitlines()) == 3
+    assert "stop=" + quote(text[30:32], safe="") in shown["link"] and "n=3" in shown["link"]
+    assert unique["state"] == "error" and "unique=1" in unique["link"]
+    assert (
+        unique["status"] == "error: found 1 of 3 records in 100 tries (99 repeated): raise the length, or ask for fewer"
+    )
+    assert short.exit_code == 2 and short.stderr.startswith(unique["status"].split(": raise")[0])
+    assert unique["output"] == printed.stdout.splitlines()[0] + "\n"
+    assert crossed["status"].startswith("error: found 0 of 3 records in 100 tries (100 empty)")
+    assert empty.exit_code == 2 and empty.stderr.startswith(crossed["status"].split(": raise")[0])
+    assert "stop=" + quote(crossing, safe="") in crossed["link"]

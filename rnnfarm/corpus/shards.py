@@ -291,6 +291,14 @@ def iter_tokens(folder: Store, manifest: dict[str, Any], split: str, vocab: Voca
                 yield vocab.ids(utf8) if vocab.level == "byte" else vocab.encode(utf8.tobytes().decode("utf-8"))
 
 
+def iter_utf8(folder: Store, manifest: dict[str, Any], split: str) -> Iterator[np.ndarray]:
+    """The UTF-8 bytes of a whole split, one record batch at a time (each shard verified once)."""
+    for shard in _split(folder, manifest, split)["shards"]:
+        with _open(folder, shard) as reader:
+            for i in range(reader.num_record_batches):
+                yield _utf8(reader.get_batch(i).column("text"))
+
+
 def read_split(folder: Store, manifest: dict[str, Any], split: str) -> str:
     """A whole split as one string (for small corpora, inspection and tests)."""
     texts = []

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import log, redact
-from ..corpus import shards
+from ..corpus import novelty, shards
+from ..corpus.novelty import Index
 from ..corpus.vocab import Vocab
 from ..errors import Diverged, UserError
 from ..layout import CHECKPOINTS, Trial, checkpoint_name
@@ -255,10 +256,11 @@ def evaluate_split(job: Job, folder: Path, split: str = "test", device: str | to
     return float(total[0] / total[1])
 
 
-def samples(model: CharRNN, vocab: Vocab, job: Job, *, step: int) -> list[dict[str, Any]]:
+def samples(model: CharRNN, vocab: Vocab, job: Job, *, step: int, index: Index | None = None) -> list[dict[str, Any]]:
     """The spec's samples at an evaluation: one per temperature, each drawn with a CPU generator seeded by the
     step, from a CPU copy of the weights: a character at a time costs no device sync, and the text is what
-    ``rnnfarm sample --seed <train.seed + step>`` draws from the checkpoint."""
+    ``rnnfarm sample --seed <train.seed + step>`` draws from the checkpoint. With ``index``, each sample
+    carries its novelty meter."""
     s = job.spec.samples
     with torch.device("meta"):  # no initialization: it would cost time and draw from the training RNG
         cpu = CharRNN(model.vocab_size, model.spec)
@@ -268,7 +270,9 @@ def samples(model: CharRNN, vocab: Vocab, job: Job, *, step: int) -> list[dict[s
     for temperature in s.temperatures:
         gen = torch.Generator().manual_seed(job.spec.train.seed + step)
         ids = list(generate(cpu, prime, length=s.length, temperature=temperature, generator=gen))
-        out.append({"temperature": temperature, "prime": s.prime, "text": vocab.decode(ids)})
+        text = vocab.decode(ids)
+        meter = {"novelty": index.meter(text).to_json()} if index is not None else {}
+        out.append({"temperature": temperature, "prime": s.prime, "text": text, **meter})
     return out
 
 
@@ -406,6 +410,7 @@ class Worker:
     average: Average | None  # the averaged weights, with train.average
     precision: Precision
     logger: Any
+    novelty: Index | None = None  # rank 0's index of the train split, for the samples' novelty meter
 
     @property
     def device(self) -> torch.device:
@@ -434,7 +439,9 @@ def set_up(job: Job, session: Session) -> Worker:
     optimizer, average = make_optimizer(model, t), make_average(model, t.average)
     scaler = torch.amp.GradScaler(session.device.type, enabled=precision.scaler)
     torch.manual_seed(t.seed + 1 + session.rank)  # distinct dropout masks per rank
-    parts = (manifest, vocab, train_streams, val_cut, model, optimizer, scaler, average, precision, logger)
+    # the driver built the index before training: rank 0 maps it from the corpus store
+    index = novelty.open_index(job.corpus) if spec.samples.novelty and session.rank == 0 else None
+    parts = (manifest, vocab, train_streams, val_cut, model, optimizer, scaler, average, precision, logger, index)
     return Worker(job, session, *parts)
 
 
@@ -587,7 +594,7 @@ def save_weights(w: Worker, folder: Path, *, step: int, val_loss: float, metrics
     if w.average is not None:
         checkpoint.save_raw(folder, w.model)
     with applied(w.average, w.model):
-        drawn = samples(w.model, w.vocab, job, step=step)
+        drawn = samples(w.model, w.vocab, job, step=step, index=w.novelty)
         job.trial.samples(step).write_json({"step": step, "val_loss": val_loss, "samples": drawn})
         job.trial.metrics(step).write_json(metrics)
         meta = {

@@ -49,7 +49,7 @@ def number(value: float, _position: object = None) -> str:
 
 def line_chart(series: Series, title: str, y_label: str, **layout: Any) -> str:
     """An inline SVG of named (steps, values) series, each drawn as a line with its points marked;
-    ``layout`` is ``figure``'s (log_y, width, height)."""
+    ``layout`` is ``figure``'s (log_y, width, height, floor)."""
     with plt.rc_context({**STYLE, "svg.hashsalt": f"rnnfarm-{title}"}):
         fig = figure(series, title, y_label, **layout)
         sink = io.StringIO()
@@ -68,6 +68,7 @@ def figure(
     log_y: bool = False,
     width: int = 420,
     height: int = 260,
+    floor: float | None = None,
 ) -> Figure:
     """The chart as a matplotlib figure: constrained layout keeps ticks, labels and the legend apart."""
     columns = _columns(series, width)
@@ -92,6 +93,9 @@ def figure(
         values = [y for _, _, ys in series for y in ys if y is not None and math.isfinite(y)]
         if min(values) == max(values):  # one value: an axis a little either side of it
             ax.set_ylim(values[0] * 0.8 or -1, values[0] * 1.25 or 1)
+        if floor is not None:  # a quantity that cannot go below it (a share, a length): the axis starts there
+            top = ax.get_ylim()[1]
+            ax.set_ylim(floor, top if top > floor else floor + 1)
     ax.xaxis.set_major_locator(ticker.MaxNLocator(nbins=5, integer=True, min_n_ticks=2))
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(number))
     if log_y and drawn:

@@ -17,6 +17,7 @@ from typing import Any
 
 from .. import log
 from ..corpus import shards
+from ..corpus.novelty import NGRAM
 from ..corpus.vocab import Vocab
 from ..engine import checkpoint
 from ..errors import UserError
@@ -41,7 +42,40 @@ REFRESH_S = 15  # how often a live run's report reloads itself
 STYLE = """
 table.evolution td { padding: 1px 9px; } code.evolving { font: 12px ui-monospace, "DejaVu Sans Mono", monospace;
   white-space: pre; }
+div.novelty { color: #666; font-size: 12px; }
 """
+
+
+def copying(meter: dict[str, Any] | None) -> tuple[str, str]:
+    """A sample's novelty meter as two short texts: its longest copied span, and its n-grams found in train."""
+    if not meter:
+        return "-", "-"
+    share = meter["ngram_share"]
+    return f"{meter['longest']} chars", "-" if share is None else f"{share:.1%}"
+
+
+def copying_charts(rows: list[dict[str, Any]]) -> str:
+    """The samples' copying from the train split over training, a line per temperature: it rises as a model
+    overfits."""
+    metered = [r for r in rows if r.get("novelty")]
+    if not metered:
+        return ""
+    temperatures = sorted({r["temperature"] for r in metered})
+    n = metered[0]["novelty"]["ngram"]
+
+    def series(value) -> list[tuple[str, list[float], list[float | None]]]:
+        out = []
+        for t in temperatures:
+            drawn = sorted((r for r in metered if r["temperature"] == t), key=lambda r: r["step"])
+            out.append((f"temperature {t:g}", [r["step"] for r in drawn], [value(r["novelty"]) for r in drawn]))
+        return out
+
+    def percent(m: dict[str, Any]) -> float | None:
+        return None if m["ngram_share"] is None else 100 * m["ngram_share"]
+
+    share = charts.line_chart(series(percent), f"{n}-grams found in train", "% of the sample's", floor=0)
+    longest = charts.line_chart(series(lambda m: m["longest"]), "longest span copied from train", "characters", floor=0)
+    return f"<div class=plots>{share}{longest}</div>"
 
 
 def val_excerpt(run: Run, record: dict[str, Any], chars: int) -> str | None:
@@ -138,13 +172,25 @@ def evolution(rows: list[dict[str, Any]], temperature: float) -> str:
         return ""
     lines = "".join(
         f"<tr><td class=num>{r['step']}</td><td class=num>{r['val_loss']:.3f}</td>"
-        f"<td><code class=evolving>{escape((r['prime'] + r['text'])[:EVOLUTION_CHARS]).replace(chr(10), '↵')}</code>"
-        "</td></tr>"
+        + "".join(f"<td class=num>{c}</td>" for c in copying(r.get("novelty")))
+        + f"<td><code class=evolving>{escape((r['prime'] + r['text'])[:EVOLUTION_CHARS]).replace(chr(10), '↵')}"
+        "</code></td></tr>"
         for r in drawn
     )
     return (
-        f"<table class=evolution><thead><tr><th>step</th><th>val loss</th><th>sample at temperature {temperature:g}"
-        f"</th></tr></thead><tbody>{lines}</tbody></table>"
+        "<table class=evolution><thead><tr><th>step</th><th>val loss</th><th>longest copy</th>"
+        f"<th>{NGRAM}-grams in train</th><th>sample at temperature {temperature:g}</th></tr></thead>"
+        f"<tbody>{lines}</tbody></table>"
+    )
+
+
+def novelty_line(row: dict[str, Any] | None) -> str:
+    """A sample's novelty meter, under it (nothing for a sample stored without one)."""
+    if not row or not row.get("novelty"):
+        return ""
+    longest, share = copying(row["novelty"])
+    return (
+        f"<div class=novelty>longest copy from train {longest} · {row['novelty']['ngram']}-grams in train {share}</div>"
     )
 
 
@@ -159,7 +205,8 @@ def samples_section(rows: list[dict[str, Any]]) -> str:
         drawn = {r["temperature"]: r for r in rows if r["step"] == step}
         loss = next(iter(drawn.values()))["val_loss"]
         cells = "".join(
-            f"<td><pre class=sample>\n{escape(drawn[t]['prime'] + drawn[t]['text']) if t in drawn else ''}</pre></td>"
+            f"<td><pre class=sample>\n{escape(drawn[t]['prime'] + drawn[t]['text']) if t in drawn else ''}</pre>"
+            f"{novelty_line(drawn.get(t))}</td>"
             for t in temperatures
         )
         lines.append(f"<tr><td class=step>{step}<br><span class=meta>val {loss:.3f}</span></td>{cells}</tr>")
@@ -232,6 +279,7 @@ def render(run: Run, text: str | None = None) -> dict[str, str]:
         plots(order, metrics),
         f"<h2>Samples of trial {escape(str(best_trial))} evolving as it trained</h2>",
         evolution(best_samples, shown_t) if shown_t is not None else "",
+        copying_charts(best_samples),
         "<h2>Every sample</h2>",
         samples_section(best_samples),
     ]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import credentials, log
+from ..corpus import novelty
 from ..corpus.build import build, plugin
 from ..corpus.vocab import Vocab
 from ..engine.loop import Job, evaluate_split, refuse_bf16_without_kernel
@@ -224,6 +225,8 @@ def run(spec: JobSpec, name: str | None = None) -> Outcome:
     plugin(spec.corpus)  # an unknown plugin or option is refused before Ray starts
     resources = ensure_ray(spec)  # a trial that cannot fit is refused before anything is written
     built = build(storage, spec.corpus)
+    if spec.samples.novelty:  # once per corpus fingerprint, here: the workers only read it
+        novelty.build(built.folder)
     Vocab.from_json(built.manifest["vocab"]).encode(spec.samples.prime, strict=True)
 
     the_run = Run.under(storage, name or spec.name)

@@ -15,8 +15,15 @@ A replica runs its model on the GPU torch sees in it (Ray gives it one with ``gp
 its CPU. The draw stays on the CPU, so a seed draws the same noise there: on a GPU only the logits differ
 from the CPU's (cuDNN and cuBLAS round otherwise), with the same effect as batching's.
 
+With ``stop``, a request asks for ``n`` records, made as `rnnfarm sample --stop` makes them (see
+insight.records): one job per try, drawn in turn with the request's one generator, each ending at its first
+stop string, so a seeded request gives the records `rnnfarm sample` prints. ``novel`` and ``novelty`` need the
+index of the train split: a replica opens it at the first request that asks (from the checkpoint's recorded
+corpus, or the ``corpus`` the server was given); where there is none, such a request is refused in one line.
+
 HTTP: ``POST /generate`` (JSON in; JSON out, or the text itself as it is generated, chunked
-``text/plain``, with ``stream: true``), ``GET /healthz``, ``GET /model`` (the model card).
+``text/plain``, with ``stream: true``; records stream one a line, escaped), ``GET /healthz``, ``GET /model``
+(the model card).
 """
 
 import asyncio
@@ -26,22 +33,25 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Self
 from urllib.parse import urlsplit
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from ray import serve
 from torch import Tensor
 
 from .. import redact
+from ..corpus import novelty as meter
 from ..corpus.vocab import Vocab
 from ..engine import checkpoint
 from ..engine.device import out_of_memory_line
 from ..engine.model import CharRNN, State, draw, native_rnn_kernels
 from ..errors import UserError
+from ..insight import records
+from ..insight.records import Cut
 from ..insight.sample import local_checkpoint
 
 APP_NAME = "rnnfarm"
@@ -61,6 +71,22 @@ class GenerateRequest(BaseModel):
     top_k: int | None = Field(None, ge=1, description="Draw among the k likeliest characters only.")
     seed: int | None = Field(None, ge=0, lt=2**64, description="The same seed draws the same text.")
     stream: bool = Field(False, description="Send the text as it is generated (chunked text/plain).")
+    stop: list[Annotated[str, Field(min_length=1)]] = Field([], description="Make records ending at these strings.")
+    n: int = Field(1, ge=1, description="With stop: how many records.")
+    unique: bool = Field(False, description="With stop: no record twice.")
+    novel: bool = Field(False, description="With stop: no record that is a whole record of the train text.")
+    tries: int | None = Field(None, ge=1, description="With stop: the most samples to draw (default 10 per record).")
+    novelty: bool = Field(False, description="Add the novelty meter of the text, or of each record (not streamed).")
+
+    @model_validator(mode="after")
+    def _records_need_stop(self) -> Self:
+        if not self.stop and (self.n > 1 or self.unique or self.novel or self.tries):
+            raise ValueError("n, unique, novel and tries choose among records: give stop too")
+        if self.tries is not None and self.tries < self.n:
+            raise ValueError(f"tries {self.tries} is below n {self.n}: each record takes at least one try")
+        if self.novelty and self.stream:
+            raise ValueError("novelty comes with the whole text: leave stream out")
+        return self
 
 
 class ServeArgs(BaseModel):
@@ -76,6 +102,7 @@ class ServeArgs(BaseModel):
     )
     max_length: int = Field(2000, ge=1, description="Longest text one request may ask for.")
     max_batch: int = Field(64, ge=1, description="Requests one replica generates at once (rows of its batch).")
+    corpus: str | None = Field(None, description="For novel/novelty: the corpus folder, if not the recorded one.")
 
     @field_validator("gpus_per_replica")
     @classmethod
@@ -104,6 +131,7 @@ class Job:
     error: str | None = None
     sent_at: float | None = None  # when the stream was last sent text
     cancelled: bool = False  # its client went away
+    cut: Cut | None = None  # a record's job: it ends where a stop string ends
 
 
 Delivery = tuple[Job, str, bool]  # a job, text it has not been sent yet, whether it is complete
@@ -197,7 +225,8 @@ class Stepper:
         for row, (job, token) in enumerate(zip(active, tokens.tolist(), strict=True)):
             text = job.decode(token)
             job.left -= 1
-            done = job.left == 0 or job.cancelled
+            ended = job.cut is not None and job.cut.feed(text)
+            done = job.left == 0 or job.cancelled or ended
             job.text.append(text)
             # A stream is sent its first character at once, then what it has every FLUSH_S: each piece
             # crosses from the replica to Serve's proxy on its own, and one per character would cost more
@@ -263,6 +292,9 @@ class TextGenerator:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         with local_checkpoint(args.checkpoint) as folder:
             model, self.vocab, meta = checkpoint.load_model(folder, device)
+        self.meta, self.corpus = meta, args.corpus
+        self.index: meter.Index | str | None = None  # the train split's index, or why there is none
+        self.index_lock = threading.Lock()
         self.max_length = args.max_length
         self.card = model_card(meta, self.vocab, model, args.max_length)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -311,16 +343,81 @@ class TextGenerator:
             generator.seed()
         else:
             generator.manual_seed(asked.seed)
-        job = Job(ids, asked.length, asked.temperature, asked.top_k, generator, self.vocab.decoder(), asked.stream)
         self.loop = asyncio.get_running_loop()
-        self.queues[job] = asyncio.Queue()
-        self.stepper.submit(job)
+        index = None
+        if asked.novel or asked.novelty:
+            index = await asyncio.to_thread(self._index)
+            if isinstance(index, str):
+                return refused(f"{'novel' if asked.novel else 'novelty'}: {index}")
+        if asked.stop:
+            return await self._records(asked, ids, generator, index, started)
+        job = self._job(asked, ids, generator)
         if asked.stream:
             return StreamingResponse(self._text(job), media_type="text/plain; charset=utf-8")
         text = "".join([chunk async for chunk in self._text(job)])
         if job.error:
             return refused(job.error, status=500)
-        return {"text": text, "chars": len(text), "seconds": round(time.perf_counter() - started, 6)}
+        metered = {"novelty": index.meter(text).to_json()} if asked.novelty else {}
+        return {"text": text, "chars": len(text), "seconds": round(time.perf_counter() - started, 6), **metered}
+
+    def _job(self, asked: GenerateRequest, ids: Tensor, generator: torch.Generator, cut: Cut | None = None) -> Job:
+        """A job submitted to the step loop, its text to be read with ``_text``."""
+        decode = self.vocab.decoder()
+        job = Job(ids, asked.length, asked.temperature, asked.top_k, generator, decode, asked.stream, cut=cut)
+        self.queues[job] = asyncio.Queue()
+        self.stepper.submit(job)
+        return job
+
+    def _index(self) -> meter.Index | str:
+        """The train split's index, opened at the first request that needs it; or why there is none."""
+        with self.index_lock:
+            if self.index is None:
+                try:
+                    self.index = meter.open_index(meter.corpus_of(self.meta, self.corpus))
+                except UserError as exc:
+                    self.index = redact.scrub(str(exc))
+            return self.index
+
+    async def _records(
+        self, asked: GenerateRequest, ids: Tensor, generator: torch.Generator, index: meter.Index | None, started: float
+    ):
+        """The records a request asks for: as a JSON list, or streamed one a line (escaped) as each is kept."""
+        stops = tuple(asked.stop)
+        novel = (lambda r: not index.is_record(r, stops)) if asked.novel else None
+        keeper = records.Keeper(unique=asked.unique, novel=novel)
+        tries = asked.tries or records.default_tries(asked.n)
+        search = records.Search(prime=asked.prime, stops=stops, count=asked.n, keeper=keeper, tries=tries)
+
+        async def found() -> AsyncIterator[str]:
+            while search.going():
+                job = self._job(asked, ids, generator, cut=search.cut())
+                async for _ in self._text(job):
+                    pass
+                if job.error:
+                    raise RuntimeError(job.error)
+                if (record := search.offer(job.cut)) is not None:
+                    yield record
+
+        if asked.stream:
+
+            async def lines() -> AsyncIterator[str]:
+                async for record in found():
+                    yield records.escape(record) + "\n"
+                if error := search.shortfall():
+                    yield f"error: {error}\n"
+
+            return StreamingResponse(lines(), media_type="text/plain; charset=utf-8")
+        try:
+            kept = [record async for record in found()]
+        except RuntimeError as exc:
+            return refused(str(exc), status=500)
+        body: dict[str, Any] = {"records": kept, "tries": keeper.tries}
+        if asked.novelty:
+            body["novelty"] = [index.meter(r).to_json() for r in kept]
+        body["seconds"] = round(time.perf_counter() - started, 6)
+        if error := search.shortfall():
+            return JSONResponse({"error": str(error), **body}, status_code=422)
+        return body
 
     async def _text(self, job: Job) -> AsyncIterator[str]:
         """The job's text as the step loop sends it; a client that goes away frees its row at the next step."""
