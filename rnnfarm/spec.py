@@ -122,7 +122,7 @@ class TrainSpec(Section):
     average: AverageSpec = Field(default_factory=AverageSpec, description="weight averaging (ema or swa)")
     init_from: str | None = Field(
         None,
-        description="start from the weights of a run (its best), a trial (RUN/trials/ID) or a checkpoint folder, "
+        description="start from the weights of a run (its best), a trial (its folder in the run) or a checkpoint "
         "at any storage URL; the optimizer, step and schedule start fresh",
     )
 
@@ -292,7 +292,7 @@ TUNABLE = (
     "train.average.decay",
     "train.average.start",
 )
-SHAPE = ("model.cell", "model.layers", "model.hidden", "model.embedding")  # what a parent's weights must fit
+SHAPE = ("cell", "layers", "hidden", "embedding")  # the model settings a parent's weights fix (train.init_from)
 
 
 class SchedulerSpec(Section):
@@ -356,10 +356,11 @@ class JobSpec(Section):
         for key, dist in self.tune.space.items():
             if key not in TUNABLE:
                 raise ValueError(f"tune.space.{key}: not a tunable setting (tunable: {', '.join(TUNABLE)})")
-            if key in SHAPE and self.train.init_from is not None:
+            if key.removeprefix("model.") in SHAPE and self.train.init_from is not None:
+                shape = ", ".join(f"model.{k}" for k in SHAPE)
                 raise ValueError(
                     f"tune.space.{key}: with train.init_from every trial starts from the parent's weights, so "
-                    f"the shape ({', '.join(SHAPE)}) is the parent's: search other settings, such as train.lr"
+                    f"the shape ({shape}) is the parent's: search other settings, such as train.lr"
                 )
             for value in dist.candidates:
                 try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,13 @@ from rnnfarm import spec
 from rnnfarm.cli import cli
 from rnnfarm.corpus import shards
 from rnnfarm.corpus.build import build
+from rnnfarm.corpus.normalize import inherit_vocab
 from rnnfarm.corpus.vocab import Vocab
 from rnnfarm.engine import checkpoint
 from rnnfarm.engine.loop import Job, LocalSession, train
 from rnnfarm.engine.model import CharRNN
 from rnnfarm.engine.parent import start_from
+from rnnfarm.errors import UserError
 from rnnfarm.launch import pipeline
 from rnnfarm.layout import Run
 from rnnfarm.storage import Store
@@ -82,6 +85,15 @@ def test_init_from_names_a_run_a_trial_or_a_checkpoint(parent, tmp_path):
         assert len(vocab) == 65
 
 
+def test_a_parent_whose_weights_differ_from_its_record_is_refused(parent, tmp_path):
+    altered = tmp_path / "run"
+    shutil.copytree(parent, altered)
+    weights = altered / "best" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(UserError, match="model.safetensors differs from the sha256 its meta.json records"):
+        pipeline.parent_of(child_spec(str(tmp_path), str(altered)))
+
+
 def test_a_fine_tune_runs_from_rnnfarm_run_and_names_its_parent(parent, tmp_path):
     job = child_spec(str(tmp_path / "storage"), str(parent), train={"steps": 20, "eval_every": 10})
     result = run_cli("run", write_spec(tmp_path / "child.yaml", job))
@@ -104,7 +116,10 @@ def test_a_fine_tune_runs_from_rnnfarm_run_and_names_its_parent(parent, tmp_path
 
     shown = run_cli("runs", "show", str(child))
     assert shown.exit_code == 0, shown.output
-    assert f"  parent:   {parent} (1x32 lstm, embedding 16, step {parent_meta['step']}, corpus shakespeare " in shown.output
+    assert (
+        f"  parent:   {parent} (1x32 lstm, embedding 16, step {parent_meta['step']}, corpus shakespeare "
+        in shown.output
+    )
     assert f"sha256 {expected['sha256'][:12]}..." in shown.output
     report = (child / "report.html").read_text()
     assert f"fine-tuned from <b>{parent}</b>" in report and expected["sha256"][:12] in report
@@ -119,6 +134,25 @@ def test_a_fine_tune_runs_from_rnnfarm_run_and_names_its_parent(parent, tmp_path
         "added": "".join(sorted(NEW_SYMBOLS)),
         "dropped": 0,
     }
+
+
+def test_every_trial_of_a_sweep_starts_from_the_parent(parent, tmp_path):
+    job = child_spec(str(tmp_path / "storage"), str(parent), train={"steps": 10, "eval_every": 10})
+    data = job.model_dump(mode="json", exclude_none=True)
+    data["tune"] = {
+        "space": {"train.lr": {"grid": [0.01, 0.001]}},
+        "samples": 1,
+        "scheduler": {"kind": "none"},
+        "resources": {"workers": 1, "driver_cpus": 0},
+    }
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(data))
+    result = run_cli("run", str(tmp_path / "sweep.yaml"))
+    assert result.exit_code == 0, result.output
+    trials = sorted((tmp_path / "storage" / "runs" / "child" / "trials").iterdir())
+    assert len(trials) == 2
+    for trial in trials:
+        meta = json.loads((trial / "checkpoint-000010" / "meta.json").read_text())
+        assert meta["parent"]["sha256"] == sha256(parent / "best" / "model.safetensors")
 
 
 def test_a_fine_tune_reads_its_parent_from_s3(parent, s3, monkeypatch, tmp_path):
@@ -218,6 +252,32 @@ def test_the_childs_model_holds_the_parents_weights_on_the_parents_rows(news, tr
     assert meta["parent"]["sha256"] == sha256(trained_checkpoint / "model.safetensors")
 
 
+def test_weights_replaced_after_the_run_started_are_refused_by_the_workers(trained_checkpoint, news, tmp_path):
+    folder = tmp_path / "parent"
+    shutil.copytree(trained_checkpoint, folder)
+    found, _ = pipeline.parent_of(child_spec(str(tmp_path), str(folder), model={"layers": 2}))
+    (folder / "model.safetensors").write_bytes(b"other weights")  # replaced once the run recorded it
+    vocab = Vocab.from_json(news[1]["extend"].manifest["vocab"])
+    with pytest.raises(UserError, match="its weights changed after the run started"):
+        start_from(CharRNN(len(vocab), spec.ModelSpec(layers=2, hidden=32, embedding=16)), vocab, found)
+
+
+def test_extend_keeps_to_min_count_and_max_vocab_and_the_rest_becomes_the_replacement():
+    theirs = Vocab(tuple("\n abc"))
+    counts = {"a": 9, "b": 5, "x": 7, "y": 3, "z": 1}
+    vocab, replaced, added = inherit_vocab(theirs, counts, spec.Policy(min_count=2, max_vocab=7), "extend")
+    assert vocab.symbols == (*theirs.symbols, "x", "\ufffd") and added == ["x", "\ufffd"]  # y: no room
+    assert vocab.replacement == "\ufffd" and replaced == 3 + 1
+    vocab, replaced, added = inherit_vocab(theirs, counts, spec.Policy(min_count=2, max_vocab=None), "extend")
+    assert vocab.symbols == (*theirs.symbols, "x", "y", "\ufffd") and replaced == 1  # z: under min_count
+
+
+def test_vocab_from_alone_trains_from_scratch_on_the_parents_vocabulary(trained_checkpoint, tmp_path):
+    job = make_spec(str(tmp_path), corpus={**CHILD_CORPUS, "vocab_from": str(trained_checkpoint)})
+    found, vocab = pipeline.parent_of(job)
+    assert found is None and vocab == Vocab.from_json(checkpoint.load_meta(trained_checkpoint)["vocab"])
+
+
 def refused(tmp_path, job: spec.JobSpec, *extra: str) -> str:
     result = run_cli("run", write_spec(tmp_path / "job.yaml", job), *extra)
     assert result.exit_code == 2, result.output
@@ -273,3 +333,11 @@ def test_a_parent_on_this_machine_is_refused_for_a_cluster_that_does_not_share_i
         "see: use object storage (s3://, gs://, az://), or set cluster.storage_shared: true for a folder every "
         "node mounts at this path\n"
     )
+
+
+def test_the_deploy_example_fine_tunes_the_quality_run_in_its_shape():
+    root = Path(__file__).resolve().parent.parent / "deploy"
+    child, parent = spec.load(root / "finetune.yaml"), spec.load(root / "shakespeare-quality.yaml")
+    assert child.train.init_from == f"{parent.storage}/runs/{parent.name}" and child.storage == parent.storage
+    assert [getattr(child.model, k) for k in spec.SHAPE] == [getattr(parent.model, k) for k in spec.SHAPE]
+    assert child.corpus.name == "files" and child.corpus.unknown == "extend"

@@ -21,12 +21,10 @@ from safetensors.torch import load
 from ..corpus.vocab import Vocab
 from ..errors import UserError
 from ..redact import scrub
-from ..spec import ModelSpec
+from ..spec import SHAPE, ModelSpec
 from ..storage import Store, sha256_bytes
 from . import checkpoint
 from .model import CharRNN
-
-SHAPE = ("cell", "layers", "hidden", "embedding")  # what the parent's weights fix
 
 
 @dataclass(frozen=True)
