@@ -703,6 +703,8 @@ def runs_show(run_url: str, as_json: bool) -> None:
     click.echo(f"  ended:    {run['ended'] or '-'}")
     if run["corpus"]:
         click.echo(f"  corpus:   {run['corpus'].get('name')} {run['corpus'].get('fingerprint')}")
+    if run["parent"]:
+        click.echo(f"  parent:   {parent_line(run['parent'])}")
     if run["best"]:
         b = run["best"]
         click.echo(
@@ -717,6 +719,14 @@ def runs_show(run_url: str, as_json: bool) -> None:
             f"    {t['name']:<20} step {t['step'] if t['step'] is not None else '-':>7}  "
             f"best val loss {_loss(t['best_val_loss'])}  samples {t['samples']}"
         )
+
+
+def parent_line(parent: dict) -> str:
+    """A fine-tuned run's parent in one line: where it is, its shape, corpus and weights' sha256."""
+    return (
+        f"{scrub(parent['url'])} ({parent.get('model')}, step {parent.get('step')}, corpus {parent.get('corpus')} "
+        f"{parent.get('fingerprint')}, sha256 {str(parent.get('sha256'))[:12]}...)"
+    )
 
 
 def _assignments(pairs: tuple[str, ...], flag: str) -> dict:

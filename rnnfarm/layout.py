@@ -204,3 +204,10 @@ class Run:
     def info(self) -> dict[str, Any] | None:
         """The run's record, None when there is none."""
         return self.record.read_json() if self.record.exists() else None
+
+
+def trial_folder(store: Store) -> tuple[Run, str] | None:
+    """The run and the trial id of a trial's folder (``<run>/trials/<id>``); None for any other folder."""
+    if store.parent.name == TRIALS and (store.parent.parent / RECORD).exists():
+        return Run(store.parent.parent), store.name
+    return None

@@ -48,6 +48,14 @@ class CorpusSpec(Section):
     normalize: Policy = Field(default_factory=Policy)
     val: Annotated[float, Field(gt=0, lt=0.5)] = 0.1
     test: Annotated[float, Field(ge=0, lt=0.5)] = 0.0
+    vocab_from: str | None = Field(
+        None, description="a run, trial or checkpoint whose vocabulary encodes this corpus (default: train.init_from)"
+    )
+    unknown: Literal["extend", "replace", "drop"] = Field(
+        "extend",
+        description="with vocab_from, symbols the vocabulary lacks: extend adds them (new ids after its own), "
+        "replace maps them to one replacement symbol, drop leaves them out (counted in the manifest)",
+    )
 
 
 class ModelSpec(Section):
@@ -112,6 +120,11 @@ class TrainSpec(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="what runs: see README, Precision")
     seed: int = 1337
     average: AverageSpec = Field(default_factory=AverageSpec, description="weight averaging (ema or swa)")
+    init_from: str | None = Field(
+        None,
+        description="start from the weights of a run (its best), a trial (its folder in the run) or a checkpoint "
+        "at any storage URL; the optimizer, step and schedule start fresh",
+    )
 
     @model_validator(mode="after")
     def _warmup_within_steps(self) -> TrainSpec:
@@ -326,6 +339,7 @@ TUNABLE = (
     "train.average.decay",
     "train.average.start",
 )
+SHAPE = ("cell", "layers", "hidden", "embedding")  # the model settings a parent's weights fix (train.init_from)
 
 
 class SchedulerSpec(Section):
@@ -390,6 +404,12 @@ class JobSpec(Section):
         for key, dist in self.tune.space.items():
             if key not in TUNABLE:
                 raise ValueError(f"tune.space.{key}: not a tunable setting (tunable: {', '.join(TUNABLE)})")
+            if key.removeprefix("model.") in SHAPE and self.train.init_from is not None:
+                shape = ", ".join(f"model.{k}" for k in SHAPE)
+                raise ValueError(
+                    f"tune.space.{key}: with train.init_from every trial starts from the parent's weights, so "
+                    f"the shape ({shape}) is the parent's: search other settings, such as train.lr"
+                )
             for value in dist.candidates:
                 try:
                     with_settings(self, {key: value})

@@ -1,7 +1,8 @@
 """Building a corpus: fetch a source, normalize, split, count the vocabulary, shard, write the manifest.
 
 The folder is named by the fingerprint of everything that determines its content (plugin and its
-version, options, the source's content identity, policy, split fractions), so a build with the same
+version, options, the source's content identity, policy, split fractions, and a parent model's vocabulary
+with the policy for symbols it lacks, where the corpus is encoded with one), so a build with the same
 inputs is skipped and a different one never overwrites. The manifest is written last: an interrupted
 build leaves no manifest, so nothing reads its shards.
 
@@ -32,8 +33,9 @@ from ..spec import CorpusSpec
 from ..storage import Store, storage_error
 from . import registry, shards
 from .base import Corpus, Document
-from .normalize import Normalizer, Policy, Tally, choose_vocab
+from .normalize import Normalizer, Policy, Tally, choose_vocab, inherit_vocab
 from .sources import fetch
+from .vocab import Vocab
 
 SPLITS = ("train", "val", "test")
 PREFETCH = 4  # bundles of documents read ahead of normalization
@@ -254,10 +256,33 @@ def _by_position(stream, out: _Build, val: float, test: float) -> None:
         raise UserError(f"the source changed while it was read ({total} characters, then {position}): build again")
 
 
-def build(storage: Store, spec: CorpusSpec) -> Built:
-    """Build (or find already built) the corpus a spec names, under ``<storage>/corpora/<name>/``."""
+def check_parent_vocab(spec: CorpusSpec, parent: Vocab) -> None:
+    """Refuse, in one line, a parent vocabulary this corpus cannot be encoded with under its policies."""
+    level = spec.normalize.level
+    if parent.level != level:
+        raise UserError(
+            f"corpus.normalize.level is {level}, but the parent's vocabulary is {parent.level}-level: "
+            f"set corpus.normalize.level: {parent.level} (the corpus is encoded with the parent's vocabulary)"
+        )
+    if spec.unknown == "drop" and level == "byte":
+        raise UserError(
+            "corpus.unknown: drop leaves characters out, and a byte-level vocabulary lacks bytes, not characters: "
+            "set corpus.unknown to extend or replace"
+        )
+
+
+def _inherited(parent: Vocab, spec: CorpusSpec, added: list[str], normalizer: Normalizer) -> dict[str, Any]:
+    """What the manifest says of a vocabulary taken from a parent: its size, the policy, what was added or dropped."""
+    return {"parent_size": len(parent), "unknown": spec.unknown, "added": "".join(added), "dropped": normalizer.dropped}
+
+
+def build(storage: Store, spec: CorpusSpec, parent: Vocab | None = None) -> Built:
+    """Build (or find already built) the corpus a spec names, under ``<storage>/corpora/<name>/``; with a
+    ``parent`` vocabulary (a model's that training starts from), encoded with it under ``spec.unknown``."""
     logger = log.get("rnnfarm.corpus")
     corpus, options = plugin(spec)
+    if parent is not None:
+        check_parent_vocab(spec, parent)
     storage.check(write=True)
     fetched = fetch(corpus.sources(options), corpus.name)
     policy = spec.normalize
@@ -272,6 +297,8 @@ def build(storage: Store, spec: CorpusSpec) -> Built:
         "normalization": {**policy.model_dump(mode="json"), "separator": separator},
         "splitting": {"by": split_by, "val": spec.val, "test": spec.test},
     }
+    if parent is not None:
+        inputs["vocab_from"] = {"vocab": parent.to_json(), "unknown": spec.unknown}
     fp = fingerprint(inputs)
     folder = storage / "corpora" / corpus.name / fp
     if (folder / shards.MANIFEST).exists():
@@ -286,7 +313,7 @@ def build(storage: Store, spec: CorpusSpec) -> Built:
     normalizers: list[Normalizer] = []  # one per pass over the text; the last one's counts are the manifest's
 
     def stream() -> Iterator[tuple[str, str, bool]]:
-        normalizers.append(Normalizer(policy))
+        normalizers.append(Normalizer(policy, parent if spec.unknown == "drop" else None))
         return _normalized(corpus.documents(fetched, options), normalizers[-1])
 
     try:
@@ -298,7 +325,10 @@ def build(storage: Store, spec: CorpusSpec) -> Built:
         counts = out.tally.counts(policy.level)
         if not counts:
             raise UserError(f"corpus {corpus.name!r} produced no text from {fetched.source.url}")
-        vocab, replaced = choose_vocab(counts, policy)
+        if parent is None:
+            vocab, replaced = choose_vocab(counts, policy)
+        else:
+            vocab, replaced, added = inherit_vocab(parent, counts, policy, spec.unknown)
         splits = {
             split: {
                 "chars": sum(s["chars"] for s in shard_list),
@@ -342,6 +372,7 @@ def build(storage: Store, spec: CorpusSpec) -> Built:
             **vocab.to_json(),
             "counts": {s: counts.get(s, 0) for s in vocab.symbols},
             "replaced": replaced,
+            **({} if parent is None else {"inherited": _inherited(parent, spec, added, normalizers[-1])}),
         },
         "splits": splits,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

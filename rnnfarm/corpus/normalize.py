@@ -1,7 +1,8 @@
 """Normalization every corpus gets, and the vocabulary chosen from what it produced.
 
 Raw text (bytes are decoded as UTF-8 under the policy) becomes training text: newlines to ``\\n``,
-control characters other than tab and newline dropped, Unicode NFC. A document holding a NUL byte is
+control characters other than tab and newline dropped, Unicode NFC; with a parent vocabulary and the ``drop``
+policy, characters it lacks are dropped too, and counted. A document holding a NUL byte is
 binary, not text (of text encodings only UTF-16 and UTF-32 have them), and is refused. Documents
 arrive in pieces and are normalized piece by piece: a piece is cut after its last newline and the
 rest carried over, so the result does not depend on where a plugin cut its pieces.
@@ -18,7 +19,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..spec import Policy
-from .vocab import Vocab
+from .vocab import Vocab, codepoints
 
 # C0 and C1 controls, DEL; tab and newline are kept. As bytes: C0 and DEL are single bytes in UTF-8
 # (never inside a multi-byte sequence); a C1 control is \xc2 followed by \x80..\x9f.
@@ -32,8 +33,9 @@ CARRY_MAX = 1 << 20  # a line longer than this is normalized in pieces
 class Normalizer:
     """Normalizes documents piece by piece and counts the invalid UTF-8 it met."""
 
-    def __init__(self, policy: Policy) -> None:
-        self.policy = policy
+    def __init__(self, policy: Policy, keep: Vocab | None = None) -> None:
+        self.policy, self.keep = policy, keep  # keep: the only characters the text may hold (the drop policy)
+        self.dropped = 0  # characters left out because ``keep`` lacks them
         self.invalid_bytes = 0
         self.invalid_documents = 0
         self._doc = ""
@@ -75,6 +77,12 @@ class Normalizer:
     def _compose(self, text: str) -> str:
         if self.policy.unicode == "NFC" and not text.isascii():
             text = unicodedata.normalize("NFC", text)
+        if self.keep is not None and text:
+            points = codepoints(text)
+            known = self.keep.known(points)
+            if not known.all():
+                self.dropped += int(len(points) - known.sum())
+                text = points[known].tobytes().decode("utf-32-le")
         return text
 
     def _clean_str(self, text: str) -> str:
@@ -181,12 +189,50 @@ def choose_vocab(counts: Counter, policy: Policy) -> tuple[Vocab, int]:
     dropped = sum(c for s, c in counts.items() if s not in kept_set)
     replacement = None
     if dropped:
-        replacement = policy.replacement
-        if policy.level == "byte" and ord(replacement) > 127:
-            raise UserError(
-                f"normalize.replacement {replacement!r} is not one byte: at byte level the vocabulary cap "
-                "needs an ASCII replacement symbol, such as '?'"
-            )
+        replacement = _checked_replacement(policy)
         if replacement not in kept_set:
             kept.append(replacement)
     return Vocab(tuple(sorted(kept)), replacement, policy.level), dropped
+
+
+def _checked_replacement(policy: Policy) -> str:
+    """The policy's replacement symbol, refused at byte level unless it is one byte."""
+    if policy.level == "byte" and ord(policy.replacement) > 127:
+        raise UserError(
+            f"normalize.replacement {policy.replacement!r} is not one byte: at byte level the vocabulary cap "
+            "needs an ASCII replacement symbol, such as '?'"
+        )
+    return policy.replacement
+
+
+def inherit_vocab(parent: Vocab, counts: Counter, policy: Policy, unknown: str) -> tuple[Vocab, int, list[str]]:
+    """A parent model's vocabulary for a corpus of these symbol counts, under the ``unknown`` policy: the
+    vocabulary (the parent's ids first, unchanged), how many tokens its replacement symbol stands for, and the
+    symbols added after the parent's.
+
+    ``extend`` adds the symbols the parent lacks (in code point order), under ``min_count`` and ``max_vocab``
+    as a corpus's own vocabulary is (the cap counts the parent's symbols); those left out become the
+    replacement symbol (the parent's, else the policy's, added even where the parent alone fills the cap).
+    ``replace`` maps every symbol the parent lacks to that replacement symbol. ``drop`` keeps the parent's
+    vocabulary: the normalizer already left those symbols out.
+    """
+    have = set(parent.symbols)
+    new = {s: c for s, c in counts.items() if s not in have}
+    if unknown == "drop" or not new:
+        return parent, 0, []
+    kept: list[str] = []
+    if unknown == "extend":
+        ranked = [s for s, c in sorted(new.items(), key=lambda kv: (-kv[1], kv[0])) if c >= policy.min_count]
+        room = None if policy.max_vocab is None else max(0, policy.max_vocab - len(parent))
+        kept = ranked if room is None else ranked[:room]
+        slot = len(kept) < len(new) and parent.replacement is None and policy.replacement not in have | set(kept)
+        if slot and room is not None and len(kept) == room:
+            kept = kept[: max(0, room - 1)]  # the replacement symbol needs a slot of its own
+    replaced = sum(c for s, c in new.items() if s not in set(kept))
+    added = sorted(kept)
+    replacement = parent.replacement
+    if replaced and replacement is None:
+        replacement = _checked_replacement(policy)
+        if replacement not in have | set(added):
+            added.append(replacement)
+    return Vocab((*parent.symbols, *added), replacement, parent.level), replaced, added

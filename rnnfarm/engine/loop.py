@@ -32,6 +32,7 @@ from . import checkpoint
 from .average import Average, applied, make_average
 from .device import memory_named
 from .model import CharRNN, State, detach, generate, recurrent_dtype, state_from_tensors, state_tensors
+from .parent import Parent, start_from
 from .streams import Streams, Windows, eval_cut, streams_for
 
 
@@ -48,11 +49,13 @@ class Session(Protocol):
 
 @dataclass(frozen=True)
 class Job:
-    """What every worker needs: the spec, the built corpus folder, and the trial folder on storage."""
+    """What every worker needs: the spec, the built corpus folder, the trial folder on storage, and the parent
+    checkpoint whose weights training starts from (``train.init_from``), if any."""
 
     spec: JobSpec
     corpus: Store
     trial: Trial
+    parent: Parent | None = None
 
 
 class LocalSession:
@@ -436,6 +439,8 @@ def set_up(job: Job, session: Session) -> Worker:
     val_cut = eval_cut(job.corpus, manifest, "val", vocab, spec=spec.eval, seq_len=t.seq_len, **where)
     torch.manual_seed(t.seed)  # identical initial weights on every rank
     model = CharRNN(len(vocab), spec.model).to(session.device)
+    if job.parent is not None:  # before the optimizer and the average are made from the weights
+        start_from(model, vocab, job.parent)
     optimizer, average = make_optimizer(model, t), make_average(model, t.average)
     scaler = torch.amp.GradScaler(session.device.type, enabled=precision.scaler)
     torch.manual_seed(t.seed + 1 + session.rank)  # distinct dropout masks per rank
@@ -604,6 +609,7 @@ def save_weights(w: Worker, folder: Path, *, step: int, val_loss: float, metrics
             "metrics": metrics,
             "corpus": {"name": w.manifest["corpus"], "fingerprint": w.manifest["fingerprint"]},
             "spec": redact.redact(job.spec.model_dump(mode="json", exclude={"storage_options"})),
+            **({"parent": job.parent.lineage} if job.parent is not None else {}),
         }
         checkpoint.save_model(folder, w.model, w.vocab, meta)
 

@@ -251,6 +251,12 @@ def render(run: Run, text: str | None = None) -> dict[str, str]:
         f"ended {escape(str(record.get('ended') or '-'))}",
         f"corpus {escape(str(corpus.get('name', '-')))} {escape(str(corpus.get('fingerprint', ''))[:12])}",
     ]
+    if parent := record.get("parent"):
+        facts.append(
+            f"fine-tuned from <b>{escape(str(parent['url']))}</b> ({escape(str(parent.get('model')))}, step "
+            f"{escape(str(parent.get('step')))}, corpus {escape(str(parent.get('corpus')))} "
+            f"{escape(str(parent.get('fingerprint'))[:12])}, sha256 {escape(str(parent.get('sha256'))[:12])})"
+        )
     if best:
         facts.append(
             f"best val loss <b>{best['val_loss']:.4f}</b> nats/char ({bits(best['val_loss']):.4f} "

@@ -14,7 +14,7 @@ from ..corpus.vocab import Vocab
 from ..engine import checkpoint
 from ..engine.model import CharRNN, generate
 from ..errors import UserError
-from ..layout import Run
+from ..layout import Run, trial_folder
 from ..runs.leaderboard import best_checkpoint
 from ..runs.record import require
 from ..storage import Store, is_local, text_file, verify_sha256
@@ -42,32 +42,39 @@ def trial_checkpoint(target: str, trial: str, options: dict | None = None) -> St
     return run.trial(trial).checkpoint(kept[0])
 
 
+def checkpoint_store(target: str, options: dict | None = None, trial: str | None = None) -> Store:
+    """The checkpoint folder ``target`` names, on its storage: a checkpoint folder; a run or a pulled run (its
+    ``best/``); a trial's folder (``RUN/trials/ID``: its best kept checkpoint); with ``trial``, the run's
+    trial of that id. Any storage URL."""
+    if trial is not None:
+        return trial_checkpoint(target, trial, options)
+    store = Store.at(target, options)
+    store.check()
+    if (store / checkpoint.META).exists():
+        return store
+    if (Run(store).best / checkpoint.META).exists():
+        return Run(store).best
+    if (found := trial_folder(store)) is not None:
+        run, name = found
+        return trial_checkpoint(run.store.url, name, options)
+    raise UserError(
+        f"{redact.scrub(target)}: neither a checkpoint nor a run with a best checkpoint, nor a run's trial folder "
+        f"(no {checkpoint.META} found)"
+    )
+
+
 @contextlib.contextmanager
 def local_checkpoint(target: str, options: dict | None = None, trial: str | None = None) -> Iterator[Path]:
-    """A local folder holding the checkpoint that ``target`` names, verified (downloaded when remote).
-
-    ``target`` is a checkpoint folder, or a run or a pulled run (its ``best/``), at any storage URL;
-    with ``trial``, the run's trial of that id (its best kept checkpoint).
-    """
-    if trial is not None:
-        candidates = [trial_checkpoint(target, trial, options)]
-    else:
-        store = Store.at(target, options)
-        store.check()
-        candidates = [store, Run(store).best]
-    for candidate in candidates:
-        if (candidate / checkpoint.META).exists():
-            if is_local(candidate.url):
-                yield verified(Path(candidate.url))
-                return
-            with tempfile.TemporaryDirectory(prefix="rnnfarm-sample-") as tmp:
-                for name in (checkpoint.META, checkpoint.MODEL):
-                    (candidate / name).download(Path(tmp) / name)
-                yield verified(Path(tmp))
-            return
-    raise UserError(
-        f"{redact.scrub(target)}: neither a checkpoint nor a run with a best checkpoint (no {checkpoint.META} found)"
-    )
+    """A local folder holding the checkpoint that ``target`` names (see ``checkpoint_store``), verified
+    (downloaded when remote)."""
+    found = checkpoint_store(target, options, trial)
+    if is_local(found.url):
+        yield verified(Path(found.url))
+        return
+    with tempfile.TemporaryDirectory(prefix="rnnfarm-sample-") as tmp:
+        for name in (checkpoint.META, checkpoint.MODEL):
+            (found / name).download(Path(tmp) / name)
+        yield verified(Path(tmp))
 
 
 def load(

@@ -11,17 +11,20 @@ from typing import Any
 
 from .. import credentials, log
 from ..corpus import novelty
-from ..corpus.build import build, plugin
+from ..corpus.build import build, check_parent_vocab, plugin
 from ..corpus.vocab import Vocab
+from ..engine import parent as parents
 from ..engine.loop import Job, evaluate_split, refuse_bf16_without_kernel
+from ..engine.parent import Parent
 from ..errors import TrainingFailed, UserError
 from ..insight import report
+from ..insight.sample import checkpoint_store
 from ..layout import SINGLE_TRIAL, Run
 from ..runs import archive, leaderboard, record
 from ..runs.leaderboard import TrialEnd
 from ..runs.state import STATUSES, trial_state
 from ..spec import JobSpec, run_name
-from ..storage import Store
+from ..storage import Store, normalize_url, protocol_of
 from ..units import bits
 
 # Defaults for an embedded Ray (the environment overrides each).
@@ -216,6 +219,38 @@ def ensure_ray(spec: JobSpec) -> dict[str, float]:
     return resources
 
 
+def parent_options(url: str, spec: JobSpec) -> dict[str, Any]:
+    """The storage options for a parent at ``url``: the spec's where it is on the run's kind of storage (the same
+    credentials), none otherwise (the environment's then, as for ``rnnfarm sample``)."""
+    same = protocol_of(normalize_url(url)) == protocol_of(normalize_url(spec.storage))
+    return dict(spec.storage_options) if same else {}
+
+
+def _checkpoint(field: str, url: str, spec: JobSpec) -> Store:
+    try:
+        return checkpoint_store(url, parent_options(url, spec))
+    except UserError as exc:
+        raise UserError(f"{field}: {exc}") from None
+
+
+def parent_of(spec: JobSpec) -> tuple[Parent | None, Vocab | None]:
+    """The parent training starts from (its shape checked against the spec's), and the vocabulary that encodes
+    the corpus: ``corpus.vocab_from``'s, else the parent's; each None where the spec names none."""
+    parent, vocab = None, None
+    if (url := spec.train.init_from) is not None:
+        folder = _checkpoint("train.init_from", url, spec)
+        meta, data = parents.read(folder, url)
+        parents.check_shape(meta["model"], spec.model, url)
+        vocab = Vocab.from_json(meta["vocab"])
+        parent = Parent(folder, parents.lineage(url, folder, meta, data), vocab)
+    if (url := spec.corpus.vocab_from) is not None:
+        meta, _ = parents.read(_checkpoint("corpus.vocab_from", url, spec), url)
+        vocab = Vocab.from_json(meta["vocab"])
+    if vocab is not None:
+        check_parent_vocab(spec.corpus, vocab)
+    return parent, vocab
+
+
 def run(spec: JobSpec, name: str | None = None) -> Outcome:
     logger = log.get("rnnfarm.run")
     if name is not None:
@@ -223,15 +258,19 @@ def run(spec: JobSpec, name: str | None = None) -> Outcome:
     storage = Store.at(spec.storage, spec.storage_options)
     storage.check(write=True)
     plugin(spec.corpus)  # an unknown plugin or option is refused before Ray starts
+    parent, vocab = parent_of(spec)  # a missing parent or one of another shape, too
     resources = ensure_ray(spec)  # a trial that cannot fit is refused before anything is written
-    built = build(storage, spec.corpus)
+    built = build(storage, spec.corpus, vocab)
     if spec.samples.novelty:  # once per corpus fingerprint, here: the workers only read it
         novelty.build(built.folder)
-    Vocab.from_json(built.manifest["vocab"]).encode(spec.samples.prime, strict=True)
+    corpus_vocab = Vocab.from_json(built.manifest["vocab"])
+    corpus_vocab.encode(spec.samples.prime, strict=True)
+    if parent is not None:
+        parents.check_vocab(corpus_vocab, parent)
 
     the_run = Run.under(storage, name or spec.name)
     corpus = {"name": spec.corpus.name, "fingerprint": built.fingerprint, "url": built.folder.url}
-    earlier = record.begin(the_run, spec, corpus)
+    earlier = record.begin(the_run, spec, corpus, parent.lineage if parent is not None else None)
     if earlier is not None and earlier.get("status") == "completed":
         logger.info("run already completed", run=the_run.name, url=the_run.store.url)
         return Outcome(the_run, earlier, leaderboard.read(the_run))
@@ -242,20 +281,20 @@ def run(spec: JobSpec, name: str | None = None) -> Outcome:
         # As many trials as the CPUs and GPUs hold at once: Tune reserves only each trial's driver
         concurrency = spec.tune.concurrency or max(1, TrialNeeds.of(spec).trials_in(resources))
         logger.info("sweeping", run=the_run.name, trials=spec.tune.samples, concurrency=concurrency)
-        ends = sweep(spec, the_run, built.folder, log.log_format(), concurrency)
+        ends = sweep(spec, the_run, built.folder, log.log_format(), concurrency, parent)
     else:
         logger.info("training", run=the_run.name, workers=spec.cluster.workers, steps=spec.train.steps)
-        ends = [single(spec, the_run, built.folder)]
+        ends = [single(spec, the_run, built.folder, parent)]
     return finish(the_run, ends, spec, built.folder, built.manifest["splits"])
 
 
-def single(spec: JobSpec, the_run: Run, corpus: Store) -> TrialEnd:
-    """Train the spec's one model as the run's only trial."""
+def single(spec: JobSpec, the_run: Run, corpus: Store, parent: Parent | None = None) -> TrialEnd:
+    """Train the spec's one model as the run's only trial (from the parent's weights, where one is given)."""
     from ..engine.ray_train import fit
 
     trial = the_run.trial(SINGLE_TRIAL)
     try:
-        fit(Job(spec=spec, corpus=corpus, trial=trial), log.log_format())
+        fit(Job(spec=spec, corpus=corpus, trial=trial, parent=parent), log.log_format())
     except TrainingFailed as exc:
         log.get("rnnfarm.run").error("run failed", run=the_run.name, error=str(exc))
         try:  # running the same spec again resumes from the latest checkpoint

@@ -322,25 +322,41 @@ def runtime_env(spec: JobSpec, folder: str) -> dict[str, Any]:
     return env
 
 
-def check_storage(spec: JobSpec) -> str:
-    """The storage URL the job writes to, refused when the cluster's nodes cannot see it."""
-    storage = normalize_url(spec.storage)
-    if is_local(storage) and not spec.cluster.storage_shared:
+def seen_by_nodes(field: str, url: str, spec: JobSpec) -> str:
+    """``url`` as the cluster's nodes read it (a local path made absolute); a folder on this machine is refused
+    unless ``cluster.storage_shared`` says every node mounts it at the same path."""
+    url = normalize_url(url)
+    if is_local(url) and not spec.cluster.storage_shared:
         raise UserError(
-            f"storage {storage}: a folder on this machine, which a cluster's nodes do not see: use object storage "
+            f"{field} {url}: a folder on this machine, which a cluster's nodes do not see: use object storage "
             "(s3://, gs://, az://), or set cluster.storage_shared: true for a folder every node mounts at this path"
         )
-    return storage
+    return url
+
+
+def cluster_spec(spec: JobSpec) -> JobSpec:
+    """The spec as the cluster's driver reads it: the storage, and the parent model where it names one, each
+    refused where the nodes do not see it (``seen_by_nodes``), local paths made absolute."""
+
+    def seen(field: str, url: str | None) -> str | None:
+        return None if url is None else seen_by_nodes(field, url, spec)
+
+    train = spec.train.model_copy(update={"init_from": seen("train.init_from", spec.train.init_from)})
+    corpus = spec.corpus.model_copy(update={"vocab_from": seen("corpus.vocab_from", spec.corpus.vocab_from)})
+    return spec.model_copy(
+        update={"storage": seen_by_nodes("storage", spec.storage, spec), "train": train, "corpus": corpus}
+    )
 
 
 def submit(spec: JobSpec, name: str | None = None) -> Submitted:
     """Submit the job to the cluster at ``spec.cluster.address``; returns at once with its id."""
-    storage = check_storage(spec)
+    spec = cluster_spec(spec)
+    storage = spec.storage
     cluster = Cluster.at(spec.cluster.address, spec.cluster.token_env)
     run = name or spec.name
     command = ["python", "-m", "rnnfarm", "run", SPEC_FILE, "--address", "auto"]
     with tempfile.TemporaryDirectory(prefix="rnnfarm-job-") as folder:
-        (Path(folder) / SPEC_FILE).write_text(dump(spec.model_copy(update={"storage": storage})))
+        (Path(folder) / SPEC_FILE).write_text(dump(spec))
         forwarded = forwarded_env(spec)
         if forwarded:
             env_file = Path(folder) / ENV_FILE

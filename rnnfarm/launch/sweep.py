@@ -24,6 +24,7 @@ from ray.tune.search import BasicVariantGenerator
 from .. import credentials, log
 from ..engine import placement
 from ..engine.loop import Job
+from ..engine.parent import Parent
 from ..engine.ray_train import fit
 from ..layout import EXPERIMENT, Run
 from ..runs import archive
@@ -88,8 +89,11 @@ def trial_spec(base: JobSpec, settings: dict[str, Any]) -> JobSpec:
     return with_settings(base, {**settings, **placement})
 
 
-def driver(config: dict[str, Any], *, base: JobSpec, corpus: Store, run: Run, log_format: str) -> None:
-    """One trial: train the sampled model through Ray Train, then archive its samples."""
+def driver(
+    config: dict[str, Any], *, base: JobSpec, corpus: Store, run: Run, log_format: str, parent: Parent | None
+) -> None:
+    """One trial: train the sampled model through Ray Train (from the parent's weights, where one is given),
+    then archive its samples."""
     log.configure(log_format)
     trial_id = tune.get_context().get_trial_id()
     settings = settings_of(config)
@@ -97,7 +101,7 @@ def driver(config: dict[str, Any], *, base: JobSpec, corpus: Store, run: Run, lo
     trial = run.trial(trial_id)
     trial.config.write_json({"trial": trial_id, "settings": settings, "spec": comparable(spec)})
     try:
-        fit(Job(spec, corpus, trial), log_format, callbacks=[TuneReportCallback()], sweep=True)
+        fit(Job(spec, corpus, trial, parent), log_format, callbacks=[TuneReportCallback()], sweep=True)
     finally:
         archive.consolidate(trial)
 
@@ -133,12 +137,14 @@ class TrialEnds(tune.Callback):
         )
 
 
-def _tuner(spec: JobSpec, run: Run, corpus: Store, log_format: str, concurrency: int) -> tune.Tuner:
+def _tuner(
+    spec: JobSpec, run: Run, corpus: Store, log_format: str, concurrency: int, parent: Parent | None
+) -> tune.Tuner:
     t = spec.tune
     # A driver that takes no CPU still reserves a little memory: Ray needs a non-empty request.
     reserve = {"cpu": t.resources.driver_cpus} if t.resources.driver_cpus else {"cpu": 0, "memory": DRIVER_MEMORY}
     trainable = tune.with_resources(
-        tune.with_parameters(driver, base=spec, corpus=corpus, run=run, log_format=log_format), reserve
+        tune.with_parameters(driver, base=spec, corpus=corpus, run=run, log_format=log_format, parent=parent), reserve
     )
     filesystem, path = run.store.pyarrow()
     experiment = f"{path}/{EXPERIMENT}"
@@ -206,7 +212,9 @@ def _handlers_kept() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def sweep(spec: JobSpec, run: Run, corpus: Store, log_format: str, concurrency: int) -> list[TrialEnd]:
+def sweep(
+    spec: JobSpec, run: Run, corpus: Store, log_format: str, concurrency: int, parent: Parent | None = None
+) -> list[TrialEnd]:
     """Run (or resume) the sweep; how each trial ended, for the leaderboard."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no progress tables on stdout
     # A trial that had finished its steps when the sweep was cut resumes at its last step and reports
@@ -216,7 +224,7 @@ def sweep(spec: JobSpec, run: Run, corpus: Store, log_format: str, concurrency: 
     credentials.deposit()
     try:
         with _unseen_by_tune(), _handlers_kept():
-            results = _tuner(spec, run, corpus, log_format, concurrency).fit()
+            results = _tuner(spec, run, corpus, log_format, concurrency, parent).fit()
     finally:  # the trials' processes have ended (stopped by ASHA, the time budget, ctrl-C): their controllers follow
         placement.settle()
     ends = []

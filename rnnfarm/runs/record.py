@@ -40,8 +40,11 @@ def require(run: Run) -> dict[str, Any]:
     return record
 
 
-def begin(run: Run, spec: JobSpec, corpus: dict[str, Any]) -> dict[str, Any] | None:
-    """Record the run's start; returns the earlier record when the same run was started before.
+def begin(
+    run: Run, spec: JobSpec, corpus: dict[str, Any], parent: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """Record the run's start, with the parent it starts from (its lineage) where it has one; returns the
+    earlier record when the same run was started before.
 
     A run name is bound to one spec: the same spec continues (or reports) the earlier run, a
     different one is refused rather than mixing checkpoints of two models.
@@ -60,6 +63,7 @@ def begin(run: Run, spec: JobSpec, corpus: dict[str, Any]) -> dict[str, Any] | N
         "ended": None,
         "spec": comparable(spec),
         "corpus": redact.redact(corpus),
+        **({"parent": parent} if parent is not None else {}),
         "best": None,
     }
     if earlier is None or earlier.get("status") != "completed":
@@ -153,7 +157,8 @@ def summary(run: Run, record: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def describe(run: Run) -> dict[str, Any]:
-    """What ``rnnfarm runs show`` shows: the summary, the record's details, and each trial's progress."""
+    """What ``rnnfarm runs show`` shows: the summary, the record's details (the parent of a fine-tuned run
+    among them), and each trial's progress."""
     record = require(run)
     trials = []
     for name in run.trials():
@@ -171,6 +176,7 @@ def describe(run: Run) -> dict[str, Any]:
     return {
         **summary(run, record),
         "corpus": record.get("corpus"),
+        "parent": record.get("parent"),
         "best": record.get("best"),
         "error": record.get("error"),
         "sealed": run.sums.exists(),
