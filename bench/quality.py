@@ -10,6 +10,8 @@ from that file; the other sections are left as they are.
     .venv/bin/python bench/quality.py placement                   # 2 workers x 1 thread, or 1 worker x 2 threads
     .venv/bin/python bench/quality.py shakespeare --minutes 30    # deploy/shakespeare-quality.yaml
     .venv/bin/python bench/quality.py long --corpus linux --minutes 30   # or --corpus complete (the plays)
+    .venv/bin/python bench/quality.py levers --label cold-starts --calibrate --variant train.state_reset=0.01
+                                                                  # variants of the quality run, scored on val
     .venv/bin/python bench/quality.py ttq --reps 3                # wall time of `rnnfarm run` to val loss 1.89
     .venv/bin/python bench/quality.py startup --reps 5 --before REF   # launch -> first step, this tree and REF
     .venv/bin/python bench/quality.py corpora --minutes 2         # val bits/char of each built-in corpus
@@ -19,7 +21,10 @@ from that file; the other sections are left as they are.
     .venv/bin/python bench/quality.py cuts --run RUN              # a kept quality run under others' cuts
 
 ``--quiet 0.8`` waits (up to ``--quiet-wait`` minutes) for the 1-minute load average to fall below
-0.8 before each measurement; every figure records the load average at its start and end.
+0.8 before each measurement; every figure records the load average at its start and end. A load average
+counts the run's own workers too, so each figure also counts, from /proc, the CPU time of the processes
+outside the run (quality_bench/cpu.py): where they took more than ``--outside-max`` (5%) of the CPUs' time,
+the figure is not recorded in the results file but kept beside it, and the command exits 1.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import time
 from pathlib import Path
 
 from quality_bench import BENCHMARKS, DEPLOY, RESULTS, figures
+from quality_bench.cpu import CpuWatch
 from quality_bench.launch import command, machine
 from quality_bench.markdown import minutes, read_results, render, write_results, write_section
 
@@ -43,14 +49,27 @@ def measure(figure: str, args: argparse.Namespace) -> None:
     alone = {"placement": figures.placement, "ttq": figures.ttq, "startup": figures.startup, "corpora": figures.corpora}
     alone["ngram"] = figures.ngram
     built_on = {"sweep": figures.sweep, "sweep-long": figures.sweep, "sweep-regular": figures.sweep}  # read earlier
-    built_on |= {"shakespeare": figures.shakespeare, "long": figures.long}
-    value = built_on[figure](args, read_results(args.results)) if figure in built_on else alone[figure](args)
+    built_on |= {"shakespeare": figures.shakespeare, "long": figures.long, "levers": figures.levers}
+    with CpuWatch() as cpu:  # from the end of the figure's last wait for a quiet machine (wait_quiet) to here
+        args = argparse.Namespace(**vars(args), cpu=cpu)
+        value = built_on[figure](args, read_results(args.results)) if figure in built_on else alone[figure](args)
     key = "shakespeare_gpu" if getattr(args, "gpu", False) else figure.replace("-", "_")
     key += f"_{args.corpus}" if figure == "long" else ""
+    key += f"_{args.label}" if figure == "levers" else ""
     value["date"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(started))
     value["commit"] = code
     value["bench_s"] = round(time.time() - started)
     value["machine"] = {k: v for k, v in machine().items() if k != "commit"}
+    value["outsiders"] = {**cpu.result(), "max_share": args.outside_max}
+    if value["outsiders"]["outside_share"] > args.outside_max:  # kept apart, where nothing renders it
+        refused = args.results.with_name(args.results.stem + ".refused.json")
+        kept = read_results(refused)
+        kept["figures"][key] = value
+        write_results(refused, kept)
+        sys.exit(
+            f"{figure}: processes outside the run took {value['outsiders']['outside_share']:.1%} of the CPUs, over "
+            f"--outside-max {args.outside_max:.1%}: not recorded (kept in {refused})"
+        )
     results = read_results(args.results)  # as it is now: other figures may have been written meanwhile
     results["figures"][key] = value
     results.setdefault("machine", value["machine"])  # the machine of the figures that name none
@@ -67,6 +86,13 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep", action="store_true", help="keep the runs on storage")
     parser.add_argument("--quiet", type=float, help="wait for the 1-minute load average to fall below this")
     parser.add_argument("--quiet-wait", type=float, default=60, help="minutes to wait for it at most")
+    parser.add_argument(
+        "--outside-max",
+        type=float,
+        default=0.05,
+        help="the share of the CPUs' time processes outside the run may take while a figure is measured; over "
+        "it, the figure is not recorded (it is kept in <results>.refused.json)",
+    )
     sub = parser.add_subparsers(dest="figure", required=True)
     p = sub.add_parser("sweep", help="Tune sweep on tiny Shakespeare")
     p.add_argument("--spec", default=str(DEPLOY / "shakespeare-sweep.yaml"))
@@ -91,6 +117,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--calibrate", action="store_true", help="steps that fit --minutes here, from a 60-step calibration (as long)"
     )
+    p = sub.add_parser("levers", help="the quality run beside variants of it, the same steps, scored on val")
+    p.add_argument("--label", required=True, help="names the figure (levers_<label>): cold-starts, regular, ...")
+    p.add_argument("--spec", default=str(DEPLOY / "shakespeare-quality.yaml"))
+    p.add_argument("--variant", type=figures.settings, action="append", default=[], help="KEY=VALUE[,KEY=VALUE]")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1337, 1338])
+    p.add_argument("--minutes", type=float, default=figures.HEADLINE_MINUTES)
+    p.add_argument("--calibrate", action="store_true", help="steps that fit --minutes here (as shakespeare)")
+    p.add_argument("--steps", type=int, help="without --calibrate: this many steps (the spec's otherwise)")
+    p.add_argument("--positions", type=int, default=32, help="the cold start's first positions scored")
+    p.add_argument("--context", type=int, default=256, help="the characters read before them for the warm loss")
+    p.add_argument("--cold-windows", type=int, default=4000, help="random windows of the cold-start measure")
+    p.add_argument("--held-out", action="store_true", help="also test and nanoGPT's val+test: the chosen config only")
     p = sub.add_parser("long", help="another corpus for the quality run's budget, beside its n-gram baseline")
     p.add_argument("--corpus", choices=["linux", "complete"], default="linux", help="complete: Shakespeare's plays")
     p.add_argument("--minutes", type=float, default=figures.HEADLINE_MINUTES)

@@ -7,12 +7,16 @@ import posixpath
 import sys
 from collections.abc import Callable
 from functools import wraps
+from typing import TYPE_CHECKING
 
 import click
 
 from . import log
 from .errors import TrainingFailed, UserError
 from .redact import scrub
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _guarded(fn: Callable) -> Callable:
@@ -374,25 +378,71 @@ def show_record(number: int, record: str, index) -> None:
 @click.option("--windows", type=click.IntRange(min=1), help="Score this many random windows instead (nanoGPT: 12800).")
 @click.option("--window", type=click.IntRange(min=1), help="Targets a random window scores (nanoGPT: 256).")
 @click.option("--seed", type=int, help="The draw of the random windows.")
+@click.option(
+    "--cold-start",
+    type=click.IntRange(min=1),
+    help="Instead: the loss at the first this many positions after a zero state, beside the same targets read "
+    "after --context characters (in --windows random windows, default 4000).",
+)
+@click.option("--context", type=click.IntRange(min=1), default=256, show_default=True, help="With --cold-start.")
 @_device_option
 @_guarded
 def evaluate_command(
-    target: str, split: str, trial: str | None, storage: str | None, device: str, **cut: int | None
+    target: str,
+    split: str,
+    trial: str | None,
+    storage: str | None,
+    cold_start: int | None,
+    context: int,
+    device: str,
+    **cut: int | None,
 ) -> None:
     """Print the loss of TARGET (a checkpoint folder, or a run: its best checkpoint) on a split of its corpus,
     cut as the spec's eval section says (the same whatever the batch and workers it was trained with), or as
-    the options here say over it."""
+    the options here say over it; with --cold-start, what starting from a zero state costs it."""
     from .engine.device import pick
     from .insight.evaluate import checkpoint_loss
     from .units import bits
 
     where = pick(device)
     asked = {name: value for name, value in cut.items() if value is not None}
+    if cold_start is not None:
+        cold_start_command(target, split, trial, storage, positions=cold_start, context=context, device=where, **asked)
+        return
     scored = checkpoint_loss(target, split=split, trial=trial, storage=storage, cut=asked, device=where)
     click.echo(
         f"{split} loss {scored.loss:.4f} nats/char ({bits(scored.loss):.4f} bits/char) at step {scored.step} "
         f"({scored.cut.describe()})"
     )
+
+
+def cold_start_command(
+    target: str,
+    split: str,
+    trial: str | None,
+    storage: str | None,
+    *,
+    positions: int,
+    context: int,
+    device: torch.device,
+    **cut: int,
+) -> None:
+    """`rnnfarm evaluate --cold-start`: the mean loss at the first positions after a zero state, at the same
+    targets after some context, what the zero state costs, and the loss position by position."""
+    from .insight.evaluate import cold_start
+
+    other = sorted(set(cut) - {"windows", "seed"})
+    if other:
+        raise UserError(f"--cold-start draws its own windows: give --windows and --seed with it, not --{other[0]}")
+    scored = cold_start(
+        target, positions=positions, split=split, trial=trial, storage=storage, context=context, device=device, **cut
+    )
+    click.echo(
+        f"{split} loss at the first {positions} positions after a zero state {scored.cold_loss:.4f} nats/char; "
+        f"at the same targets after {context} chars of context {scored.warm_loss:.4f}; a cold start costs "
+        f"{scored.cost:.4f} nats/char ({scored.describe()})"
+    )
+    click.echo("by position (zero state): " + " ".join(f"{loss:.3f}" for loss in scored.cold))
 
 
 @cli.command()

@@ -118,6 +118,13 @@ class TrainSpec(Section):
         description="an interval's train loss over this many times the lowest so far (first: ln vocab) diverged",
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="what runs: see README, Precision")
+    state_reset: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="cold starts: the chance, per stream and batch, that training starts the stream's carried "
+        "state again from zero (0: never, the state is carried through an epoch; 1: every batch from zero)",
+    )
     seed: int = 1337
     average: AverageSpec = Field(default_factory=AverageSpec, description="weight averaging (ema or swa)")
     init_from: str | None = Field(
@@ -335,6 +342,7 @@ TUNABLE = (
     "train.seq_len",
     "train.batch_size",
     "train.weight_decay",
+    "train.state_reset",
     "train.average.kind",
     "train.average.decay",
     "train.average.start",

@@ -233,3 +233,39 @@ def test_a_run_evaluated_on_random_windows_reports_the_loss_evaluate_gives_whate
     for workers in (1, 3):
         job = job_with(shakespeare, job_spec, batch_size=8, workers=workers)
         assert evaluate_split(job, tmp_path / "checkpoints" / "checkpoint-000004", "val") == pytest.approx(reported)
+
+
+def test_the_cold_start_cost_is_the_loss_at_the_first_positions_from_a_zero_state_beside_the_same_after_context(
+    shakespeare, trained
+):
+    """`rnnfarm evaluate --cold-start K`: the loss at the first K targets of random windows read from a zero
+    state, and at the same targets read after the context before them, as a plain loop computes them."""
+    from rnnfarm.insight.evaluate import cold_start
+
+    folder, _, _ = trained
+    storage = shakespeare.folder.parent.parent.url
+    scored = cold_start(str(folder), positions=8, windows=70, context=24, seed=3, storage=storage)
+
+    manifest = shards.load_manifest(shakespeare.folder)
+    vocab = Vocab.from_json(manifest["vocab"])
+    tokens = load_tokens(shakespeare.folder, manifest, "val", 0, manifest["splits"]["val"]["tokens"], vocab)
+    model = checkpoint.load_model(folder)[0]
+    cold, warm = [], []
+    with torch.no_grad():
+        for start in np.random.default_rng(3).integers(0, len(tokens) - 32, size=70):
+            text = torch.from_numpy(tokens[start : start + 33].astype("int64"))[None]
+            logits, _ = model(text[:, 24:-1])  # the 8 targets after the context, from a zero state
+            cold.append(F.cross_entropy(logits[0], text[0, 25:], reduction="none"))
+            logits, _ = model(text[:, :-1])  # the context first, then the same 8 targets
+            warm.append(F.cross_entropy(logits[0, 24:], text[0, 25:], reduction="none"))
+    assert scored.cold == pytest.approx(torch.stack(cold).mean(0).tolist(), rel=1e-6)
+    assert scored.warm == pytest.approx(torch.stack(warm).mean(0).tolist(), rel=1e-6)
+    assert scored.cost == pytest.approx(scored.cold_loss - scored.warm_loss) and scored.cost > 0
+
+    args = ["evaluate", str(folder), "--storage", storage, "--cold-start", "8", "--context", "24"]
+    result = CliRunner().invoke(cli, [*args, "--windows", "70", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert f"first 8 positions after a zero state {scored.cold_loss:.4f} nats/char" in result.output
+    assert f"after 24 chars of context {scored.warm_loss:.4f}; a cold start costs {scored.cost:.4f}" in result.output
+    result = CliRunner().invoke(cli, [*args, "--warmup", "4"])
+    assert result.exit_code == 2 and "not --warmup" in result.output and "Traceback" not in result.output

@@ -4,6 +4,8 @@ section of BENCHMARKS.md is exactly what that file renders (no figure edited by 
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -142,3 +144,47 @@ def test_the_section_is_appended_where_there_is_none(quality, results, tmp_path)
     page.write_text("# Benchmarks\n\n## Other\n\nkept\n")
     quality.write_section(page, quality.render(results))
     assert page.read_text().startswith("# Benchmarks\n\n## Other\n\nkept\n\n" + quality.HEADING + "\n")
+
+
+BUSY = "import time\nend = time.time() + 30\nwhile time.time() < end: pass"
+
+
+def test_the_cpu_time_of_processes_outside_the_run_is_counted_apart_from_the_runs_own():
+    """A busy process outside the run counts as an outsider's CPU time; a busy descendant of the run (its
+    child's child, as Ray's workers are) counts as the run's own."""
+    import subprocess
+    import sys
+    import time
+
+    from bench.quality_bench.cpu import TICK, CpuWatch, processes
+
+    def ticks() -> dict[int, int]:
+        return {pid: spent for (pid, _), (_, spent) in processes().items()}
+
+    # The run: a process whose child spins; beside it, an outsider that spins too (the test's child, not the run's)
+    spawn = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {BUSY!r}])"
+    run = subprocess.Popen([sys.executable, "-c", spawn])
+    outsider = subprocess.Popen([sys.executable, "-c", BUSY])
+    spinner = None
+    try:
+        while spinner is None:
+            time.sleep(0.05)
+            spinner = next((pid for (pid, _), (ppid, _) in processes().items() if ppid == run.pid), None)
+        before = ticks()
+        with CpuWatch(root=run.pid, interval=0.2) as watch:
+            time.sleep(2)
+        after = ticks()
+    finally:
+        for pid in (run.pid, outsider.pid, spinner):
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+        run.wait(), outsider.wait()
+    figures = watch.result()
+    assert {pid for pid, _ in watch.own} == {run.pid, spinner}
+    # Each spinner had some of the 2 s (the machine is shared): the run's is its own, the outsider's is not
+    own, outside = ((after[pid] - before[pid]) / TICK for pid in (spinner, outsider.pid))
+    assert figures["own_cpu_s"] == pytest.approx(own, abs=0.15) and own > 0.2
+    assert figures["outside_cpu_s"] >= outside - 0.15 and outside > 0.2
+    assert figures["outside_share"] == pytest.approx(
+        figures["outside_cpu_s"] / (figures["wall_s"] * figures["cpus"]), abs=0.03
+    )  # of the CPUs' time while watched; the seconds are rounded to tenths

@@ -15,7 +15,7 @@ from typing import Any
 
 from rnnfarm.corpus import shards
 from rnnfarm.corpus.build import build
-from rnnfarm.insight.evaluate import checkpoint_loss
+from rnnfarm.insight.evaluate import checkpoint_loss, cold_start
 from rnnfarm.insight.ngram import METHOD, ORDERS, baseline
 from rnnfarm.runs import leaderboard
 from rnnfarm.spec import CorpusSpec, apply_settings
@@ -189,10 +189,7 @@ def shakespeare(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, 
     rate = None
     if args.calibrate:  # the steps this machine trains in the budget, the spec's schedule stretched to them
         load = wait_quiet(args)
-        with tempfile.TemporaryDirectory(prefix="rnnfarm-calibration-", dir=args.storage) as elsewhere:
-            rate = calibrate(args, data, Path(elsewhere))  # the corpus built there: the run builds its own
-        trains = rate * CALIBRATION_HOLDS * max(0.0, args.minutes * 60 - LONG_OVERHEAD_S)
-        stretch(data, max(10, round(trains / chars_per_step(data))))
+        rate = calibrated(args, data)
     else:  # a shorter budget than the spec needs scales its steps down; about a minute goes to start-up and evals
         shorten(data, max(0.0, args.minutes - 1) / (SPEC_MINUTES - 1))
         load = wait_quiet(args)
@@ -391,6 +388,16 @@ def startup(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def calibrated(args: argparse.Namespace, data: dict[str, Any]) -> float:
+    """Stretch spec ``data``'s schedule to the steps this machine trains in ``--minutes``, at the speed a
+    calibration measures now (its corpus built apart: the run builds its own); that speed, in chars/s."""
+    with tempfile.TemporaryDirectory(prefix="rnnfarm-calibration-", dir=args.storage) as elsewhere:
+        rate = calibrate(args, data, Path(elsewhere))
+    trains = rate * CALIBRATION_HOLDS * max(0.0, args.minutes * 60 - LONG_OVERHEAD_S)
+    stretch(data, max(10, round(trains / chars_per_step(data))))
+    return rate
+
+
 def calibrate(args: argparse.Namespace, data: dict[str, Any], storage: Path | None = None) -> float:
     """chars/s of spec ``data``'s training here and now: 60 steps, past the first 20 (on ``storage``, by
     default the benchmark's)."""
@@ -518,5 +525,82 @@ def long(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
         "first_step_s": run.since("first step"),
         "wall_s": run.wall_s,
         "samples": samples,
+        "load": load,
+    }
+
+
+# nanoGPT's cut on val alone (its own scores val+test: that is kept for the figure chosen at the end)
+NANOGPT_VAL = {"windows": 12_800, "window": 256, "warmup": 0}
+
+
+def settings(text: str) -> dict[str, Any]:
+    """``--variant``'s dotted settings, ``train.state_reset=0.01,model.dropout=0.4``, each value read as YAML."""
+    import yaml
+
+    pairs = [item.partition("=") for item in text.split(",")]
+    if not all(key and sep for key, sep, _ in pairs):
+        raise argparse.ArgumentTypeError(f"{text!r}: give KEY=VALUE pairs joined by commas (train.state_reset=0.01)")
+    return {key.strip(): yaml.safe_load(value) for key, _, value in pairs}
+
+
+def levers(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
+    """The quality run's spec, and the same with each ``--variant``'s settings, trained for the same steps with
+    each of ``--seeds``, variants alternating. Each best checkpoint is scored on val alone: under the spec's
+    cut, under nanoGPT's windows, and what a cold start costs it (``rnnfarm evaluate --cold-start``). Nothing is
+    scored on test unless ``--held-out`` asks (for the config already chosen: its spread over seeds)."""
+    data = read_spec(args.spec)
+    variants = {"base": {}} | {",".join(f"{k}={v}" for k, v in v.items()): v for v in args.variant}
+    load = wait_quiet(args)
+    rate = None
+    if args.calibrate:
+        rate = calibrated(args, data)
+    elif args.steps:
+        stretch(data, args.steps)
+    runs = []
+    for seed in args.seeds:
+        for label, changes in variants.items():
+            spec = apply_settings(data, {**changes, "train.seed": seed})
+            run = launch(spec, f"quality-levers-{int(time.time())}", args.storage)
+            rows, url = curve(run), run.run.store.url
+            cold = cold_start(url, positions=args.positions, windows=args.cold_windows, context=args.context)
+            row = {
+                "variant": label,
+                "settings": changes,
+                "seed": seed,
+                "steps": rows[-1]["step"],
+                "wall_s": run.wall_s,
+                "chars_per_s": round(steady_rate(rows)),
+                "best_val_loss": min(r["val_loss"] for r in rows),
+                "val_nanogpt": round(checkpoint_loss(url, split="val", cut=NANOGPT_VAL).loss, 4),
+                "cold": {
+                    "loss": round(cold.cold_loss, 4),
+                    "warm": round(cold.warm_loss, 4),
+                    "cost": round(cold.cost, 4),
+                    "by_position": [round(x, 4) for x in cold.cold],
+                },
+            }
+            if args.held_out:
+                test, nanogpt = held_out(run, spec), THEIR_CUTS["nanogpt"]
+                row["test_loss"] = test["test_loss"] if test else None
+                row["val_test_nanogpt"] = round(
+                    checkpoint_loss(url, split=nanogpt["split"], cut=nanogpt["cut"]).loss, 4
+                )
+            runs.append(row)
+            print(
+                f"  {label}, seed {seed}: val {row['best_val_loss']:.4f}, cold-start cost {cold.cost:.4f}",
+                file=sys.stderr,
+            )
+            cleanup(args, run)
+    load["end"] = load_now()
+    return {
+        "command": command(),
+        "spec": spec_name(args.spec),
+        "label": args.label,
+        "budget_minutes": args.minutes if args.calibrate else None,
+        "calibration_chars_per_s": round(rate) if rate else None,
+        "config": {k: data[k] for k in ("corpus", "model", "train", "cluster")},
+        "cold_cut": {"positions": args.positions, "context": args.context, "windows": args.cold_windows, "seed": 0},
+        "nanogpt_val_cut": NANOGPT_VAL,
+        "runs": runs,
         "load": load,
     }

@@ -30,13 +30,16 @@ def load_now() -> float:
 
 
 def wait_quiet(args: argparse.Namespace) -> dict[str, Any]:
-    """Wait until the 1-minute load average is below ``--quiet`` (if given); what was waited and seen."""
+    """Wait until the 1-minute load average is below ``--quiet`` (if given); what was waited and seen. The
+    figure's count of CPU time outside the run (``args.cpu``) starts again when the wait ends."""
     started, waited = time.time(), 0.0
     if args.quiet is not None:
         while load_now() >= args.quiet and waited < args.quiet_wait * 60:
             print(f"  load average {load_now()} >= {args.quiet}: waiting", file=sys.stderr)
             time.sleep(30)
             waited = time.time() - started
+    if getattr(args, "cpu", None) is not None:
+        args.cpu.restart()
     return {"start": load_now(), "waited_s": round(waited), "quiet_below": args.quiet}
 
 

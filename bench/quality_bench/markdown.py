@@ -90,6 +90,12 @@ def measured(s: dict[str, Any]) -> str:
     note += f" and {load.get('end')} at the end"
     if quiet is not None and load["start"] >= quiet:
         note += f" (never below {quiet} within the wait: measured under load)"
+    if "outsiders" in s:
+        o = s["outsiders"]
+        note += (
+            f"; processes outside the run took {o['outside_cpu_s']:g} CPU seconds, {o['outside_share']:.1%} of "
+            f"what the {o['cpus']} CPUs gave in {minutes(o['wall_s'])} (at most {o['max_share']:.0%} is recorded)"
+        )
     return note
 
 
@@ -181,6 +187,7 @@ def render(results: dict[str, Any]) -> str:
     for key, section in (
         ("shakespeare", render_shakespeare),
         ("shakespeare_gpu", render_gpu),
+        *((k, render_levers) for k in sorted(f) if k.startswith("levers_")),
         *((k, render_long) for k in longs[:1]),
         ("sweep", render_sweep),
         ("sweep_long", render_sweep_long),
@@ -387,6 +394,46 @@ def render_long(_: dict[str, Any], figures: dict[str, Any]) -> list[str]:
         text = sample["text"].strip("\n")
         out += [f"{r['label']}, temperature {sample['temperature']:g}:", "", "```", text, "```", ""]
     return out
+
+
+def render_levers(s: dict[str, Any], figures: dict[str, Any]) -> list[str]:
+    """Variants of the quality run at the same steps, each seed a row, scored on val alone; the cold-start
+    columns are ``rnnfarm evaluate --cold-start``'s."""
+    c, cold = s["config"], s["cold_cut"]
+    held = any("test_loss" in r for r in s["runs"])
+    sized = (
+        f"the steps {s['budget_minutes']:g} minutes hold at the {s['calibration_chars_per_s']:,} chars/s a "
+        "calibration measured just before"
+        if s.get("calibration_chars_per_s")
+        else "the spec's steps"
+    )
+    out = [
+        f"### Levers at the run's length: {s['label']}",
+        "",
+        "```sh",
+        s["command"],
+        "```",
+        "",
+        f"`{s['spec']}` ({config_line(c)}), and each variant of it, trained for {sized}, each seed in turn; "
+        f"{measured(s)}. Each row's best checkpoint on val, scored on val: under the spec's cut (streams), under "
+        f"nanoGPT's ({s['nanogpt_val_cut']['windows']:,} random windows of {s['nanogpt_val_cut']['window']} from a "
+        f"zero state), and the loss at the first {cold['positions']} positions after a zero state beside the same "
+        f"targets after {cold['context']} characters of context ({cold['windows']:,} random windows, seed "
+        f"{cold['seed']}: `rnnfarm evaluate --cold-start {cold['positions']}`).",
+        "",
+        "| variant | seed | steps | whole run | best val | val, nanoGPT's cut "
+        f"| first {cold['positions']} after a zero state | with context | cold-start cost |"
+        + (" test | val+test, nanoGPT's cut |" if held else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if held else ""),
+    ]
+    for r in s["runs"]:
+        k = r["cold"]
+        out.append(
+            f"| {r['variant']} | {r['seed']} | {r['steps']} | {minutes(r['wall_s'])} | {r['best_val_loss']:.4f} "
+            f"| {r['val_nanogpt']:.4f} | {k['loss']:.4f} | {k['warm']:.4f} | {k['cost']:.4f} |"
+            + (f" {fmt(r.get('test_loss'), 4)} | {fmt(r.get('val_test_nanogpt'), 4)} |" if held else "")
+        )
+    return [*out, ""]
 
 
 def render_gpu(s: dict[str, Any], figures: dict[str, Any]) -> list[str]:

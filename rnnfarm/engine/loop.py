@@ -31,9 +31,18 @@ from ..units import bits, now
 from . import checkpoint
 from .average import Average, applied, make_average
 from .device import memory_named
-from .model import CharRNN, State, detach, generate, recurrent_dtype, state_from_tensors, state_tensors
+from .model import (
+    CharRNN,
+    State,
+    detach,
+    generate,
+    recurrent_dtype,
+    reset_rows,
+    state_from_tensors,
+    state_tensors,
+)
 from .parent import Parent, start_from
-from .streams import Streams, Windows, eval_cut, streams_for
+from .streams import ColdStarts, Streams, Windows, eval_cut, streams_for
 
 
 class Session(Protocol):
@@ -340,6 +349,7 @@ class Guard:
         streams: Streams,
         device: torch.device,
         average: Average | None,
+        cold: ColdStarts | None,
     ) -> None:
         """Take a good evaluation's state (or the starting one): what its checkpoint holds."""
         self.reference = min(self.reference, train_loss)
@@ -354,6 +364,7 @@ class Guard:
                 "streams": streams.state_dict(),
                 "rng": rng_state(device),
                 "average": average.state_dict() if average is not None else None,
+                "cold": cold.state_dict() if cold is not None else None,
             }
         )
 
@@ -368,6 +379,7 @@ class Guard:
         streams: Streams,
         device: torch.device,
         average: Average | None,
+        cold: ColdStarts | None,
     ) -> tuple[int, float, State | None]:
         """Restore the last good state with the learning rate cut; past ``max_rollbacks``, stop the trial."""
         t, good = self.t, copy.deepcopy(self.good)  # the optimizer keeps the tensors it is given
@@ -386,6 +398,8 @@ class Guard:
         set_rng_state(good["rng"], device)
         if average is not None:
             average.load_state_dict(good["average"])
+        if cold is not None:
+            cold.load_state_dict(good["cold"])
         self.logger.warning(
             "diverged: rolled back",
             step=step,
@@ -411,6 +425,7 @@ class Worker:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler  # enabled with fp16 only
     average: Average | None  # the averaged weights, with train.average
+    cold: ColdStarts | None  # which streams start a batch from a zero state, with train.state_reset
     precision: Precision
     logger: Any
     novelty: Index | None = None  # rank 0's index of the train split, for the samples' novelty meter
@@ -446,7 +461,10 @@ def set_up(job: Job, session: Session) -> Worker:
     torch.manual_seed(t.seed + 1 + session.rank)  # distinct dropout masks per rank
     # the driver built the index before training: rank 0 maps it from the corpus store
     index = novelty.open_index(job.corpus) if spec.samples.novelty and session.rank == 0 else None
-    parts = (manifest, vocab, train_streams, val_cut, model, optimizer, scaler, average, precision, logger, index)
+    cold = None
+    if t.state_reset:
+        cold = ColdStarts(t.state_reset, seed=t.seed, batch=t.batch_size, rank=session.rank, world=session.world_size)
+    parts = (manifest, vocab, train_streams, val_cut, model, optimizer, scaler, average, cold, precision, logger, index)
     return Worker(job, session, *parts)
 
 
@@ -462,6 +480,8 @@ def resume(w: Worker) -> tuple[int, float, State | None, dict[str, Any]]:
         w.train_streams.load_state_dict(trainer["streams"])
         worker = checkpoint.load_worker(folder, rank=w.rank)
         set_rng_state(worker, w.device)
+        if w.cold is not None and "cold_rng" in worker:  # absent where the run trained without cold starts
+            w.cold.load_state_dict(worker)
         state = state_from_tensors(worker, w.device)
         w.logger.info("resumed", step=trainer["step"], checkpoint=folder.name)
         # "divergence" is absent from checkpoints older than rollbacks
@@ -587,7 +607,8 @@ def store(w: Worker, metrics: dict[str, Any], *, best: float, state: State | Non
                 {"step": step, "best_val_loss": best, "streams": streams, **scaler, **average, **trainer},
             )
             w.logger.info("eval", **{k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
-        checkpoint.save_worker(folder, {**rng_state(w.device), **state_tensors(state)}, rank=w.rank)
+        cold = w.cold.state_dict() if w.cold is not None else {}
+        checkpoint.save_worker(folder, {**rng_state(w.device), **state_tensors(state), **cold}, rank=w.rank)
         w.session.report(metrics, folder, checkpoint_name(step))
         if w.rank == 0:
             w.logger.info("checkpoint", step=step, name=checkpoint_name(step), val_loss=round(val_loss, 4))
@@ -634,16 +655,20 @@ def steps(w: Worker) -> dict[str, Any]:
     resumed_from = step
     guard = Guard(t, len(w.vocab), divergence, w.logger)
     kept = {"model": w.model, "optimizer": w.optimizer, "scaler": w.scaler, "streams": w.train_streams}
-    kept |= {"device": w.device, "average": w.average}
+    kept |= {"device": w.device, "average": w.average, "cold": w.cold}
     guard.keep(guard.reference, step=step, best=best, state=state, **kept)
     started = time.perf_counter()
     interval = Interval(min(t.eval_every, t.steps), w.device)
     metrics: dict[str, Any] = {}
     while step < t.steps:
-        # One step on the next batch; a new epoch of the streams starts from a zero hidden state.
+        # One step on the next batch; a new epoch of the streams starts from a zero hidden state, and with
+        # cold starts some streams start this batch from one too (drawn whatever the state, so resume is exact).
         x, y, epoch_start = w.train_streams.next()
         if epoch_start:
             state = None
+        if w.cold is not None:
+            cold = w.cold.draw()
+            state = reset_rows(state, cold) if state is not None else None
         loss, norm, state = train_step(w, x, y, state, lr=t.lr * guard.lr_scale * lr_factor(step, t))
         interval.add(loss, norm)
         step += 1

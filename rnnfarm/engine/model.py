@@ -142,6 +142,14 @@ def detach(state: State) -> State:
     return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
 
 
+def reset_rows(state: State, rows: Tensor) -> State:
+    """The state with the batch rows ``rows`` (a (B,) bool tensor) set to zero, the others as they were."""
+    parts = state if isinstance(state, tuple) else (state,)
+    cold = rows.to(parts[0].device).view(1, -1, 1)
+    zeroed = tuple(s.masked_fill(cold, 0) for s in parts)
+    return zeroed if isinstance(state, tuple) else zeroed[0]
+
+
 def to_float(state: State) -> State:
     return tuple(s.float() for s in state) if isinstance(state, tuple) else state.float()
 

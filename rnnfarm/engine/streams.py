@@ -122,6 +122,36 @@ class Streams:
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
 
 
+class ColdStarts:
+    """Which training streams start a batch from a zero state (``train.state_reset``): each stream, before each
+    batch, with probability ``p``.
+
+    A probability rather than a period: the age of a stream's state is then spread over every length, from a
+    fresh start to a whole epoch, and no two streams reset in step. Every rank draws for all ``world * batch``
+    streams from one generator of its own (seeded by the run's seed, apart from the weights' and dropout's)
+    and keeps its rows, so each stream has its own draws, and N workers with batch B reset what one worker with
+    batch N*B resets. The generator's state is checkpointed with the worker's, so resume is exact.
+    """
+
+    def __init__(self, p: float, *, seed: int, batch: int, rank: int, world: int) -> None:
+        self.p, self.streams, self.rows = p, world * batch, slice(rank * batch, (rank + 1) * batch)
+        own = int(np.random.SeedSequence([seed, COLD_STARTS]).generate_state(1)[0])
+        self.generator = torch.Generator().manual_seed(own)
+
+    def draw(self) -> torch.Tensor:
+        """This rank's streams that start the next batch from a zero state, as a (batch,) bool tensor on the CPU."""
+        return (torch.rand(self.streams, generator=self.generator) < self.p)[self.rows]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"cold_rng": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["cold_rng"])
+
+
+COLD_STARTS = 0xC01D  # names the cold starts' generator among the run's seeded ones
+
+
 def streams_for(
     folder: Store,
     manifest: dict[str, Any],
