@@ -330,8 +330,10 @@ def build(out: Path, python_version: str) -> Check:
     (out / "image-extras.json").write_text(json.dumps(asked, indent=1, sort_keys=True) + "\n")
 
     tiny_shakespeare(out / "cache")
-    (out / "BUILD.json").write_text(json.dumps({"commit": commit(), "python": python_version}) + "\n")
     check = run_check(out, python_version)  # what bench/gpu.sh's machine gets: the folder as written, offline
+    # the machine's packages the carry relies on: bench/gpu.sh records the versions it finds there
+    built = {"commit": commit(), "python": python_version, "from_the_machine": sorted(check.needed_from_image)}
+    (out / "BUILD.json").write_text(json.dumps(built) + "\n")
     write_notes(out, python_version, check, dropped)
     return check
 

@@ -396,14 +396,28 @@ def machine() -> dict[str, Any]:
     return found
 
 
+def versions_found(names: list[str]) -> dict[str, str | None]:
+    """The versions of the machine's packages that the carry relies on (their list gives few)."""
+    from importlib import metadata
+
+    found: dict[str, str | None] = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
 def record(args: argparse.Namespace) -> None:
     results_file = args.out / "gpu.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {"parts": {}}
     if "machine" not in results:
         results["machine"] = machine()
     carry = Path(os.environ.get("GPU_SH_CARRY", "gpu-carry")) / "BUILD.json"
-    if carry.exists():
-        results.setdefault("build", json.loads(carry.read_text()))
+    if carry.exists() and "build" not in results:
+        results["build"] = json.loads(carry.read_text())
+        results["machine"]["packages"] = versions_found(results["build"].get("from_the_machine", []))
     part = {"wall_s": args.wall_s, "date": time.strftime("%Y-%m-%d %H:%M")}
     figures = args.out / "parts" / f"{args.name}.json"
     if args.rc == 0 and figures.exists():
