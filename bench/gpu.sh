@@ -9,11 +9,12 @@
 #   serve                      `rnnfarm serve --gpus-per-replica 1` at concurrency 32 (bench/serve.py's client)
 #   sweep                      4 one-worker trials at 0.25 GPU per worker
 # After each part its figures, or its failure with its last lines, go into $OUT/gpu.json and $OUT/gpu.md (a
-# table BENCHMARKS.md can take as it is): a failed part does not stop the next, and a cut run keeps what finished.
+# table BENCHMARKS.md can take as it is), and every part's log into $OUT/logs.tar.gz: a failed part does not stop
+# the next, and a cut run keeps what finished. The rest (the installed carry, storage) stays in $GPU_SH_WORK.
 #
 #   bash bench/gpu.sh                                          # there; results in $OUT (default ./bench-out)
 #   GPU_SH_DEVICE=cpu GPU_SH_SMALL=1 GPU_SH_TIME_SCALE=3 bash bench/gpu.sh   # the same steps at toy sizes on a CPU
-# Also: PYTHON (default python3), GPU_SH_CARRY (default gpu-carry), GPU_SH_SITE (where the carry is installed),
+# Also: PYTHON (default python3), GPU_SH_CARRY (default gpu-carry), GPU_SH_WORK (default /tmp/rnnfarm-gpu),
 # GPU_SH_PARTS (only these parts, e.g. "serve sweep": a rerun adds to the results already in $OUT).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,15 +22,15 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-./bench-out}
 export GPU_SH_CARRY=${GPU_SH_CARRY:-gpu-carry}
-SITE=${GPU_SH_SITE:-/tmp/rnnfarm-gpu-site}
+WORK=${GPU_SH_WORK:-/tmp/rnnfarm-gpu}
+SITE=$WORK/site
 DEVICE=${GPU_SH_DEVICE:-cuda}
 SCALE=${GPU_SH_TIME_SCALE:-1}  # budgets times this: a CPU at toy sizes is slower than the GPU at full ones
 SMALL=()
 [ "${GPU_SH_SMALL:-0}" = 1 ] && SMALL=(--small)
 TOTAL=$((300 * SCALE))
-mkdir -p "$OUT/parts" "$OUT/logs"
-OUT=$(cd "$OUT" && pwd)
-STORAGE=$OUT/rnnfarm-data
+mkdir -p "$OUT" "$WORK/parts" "$WORK/logs"
+STORAGE=$WORK/rnnfarm-data
 
 echo "installing $GPU_SH_CARRY into $SITE (offline)"
 "$PY" -m pip install --quiet --no-index --no-deps --no-compile --upgrade --target "$SITE" "$GPU_SH_CARRY"/wheels/*.whl \
@@ -43,7 +44,7 @@ if [ "$DEVICE" = cuda ] && ! "$PY" -c "import torch, sys; sys.exit(not torch.cud
 fi
 failed=0
 
-# part NAME BUDGET_S COMMAND...: runs COMMAND (which writes $OUT/parts/NAME.json) within BUDGET_S seconds (or
+# part NAME BUDGET_S COMMAND...: runs COMMAND (which writes $WORK/parts/NAME.json) within BUDGET_S seconds (or
 # what is left of the total; GPU_SH_BUDGET tells it), then files its result or its failure.
 part() {
   local name=$1 budget=$(($2 * SCALE)) left=$((TOTAL - SECONDS)) started=$SECONDS rc
@@ -51,16 +52,17 @@ part() {
   [ -z "${GPU_SH_PARTS:-}" ] || [[ " $GPU_SH_PARTS " == *" $name "* ]] || return 0
   [ "$budget" -gt "$left" ] && budget=$left
   if [ "$budget" -lt 10 ]; then
-    echo "$name: skipped, ${left}s of the total left" | tee "$OUT/logs/$name.log"
+    echo "$name: skipped, ${left}s of the total left" | tee "$WORK/logs/$name.log"
     rc=125
   else
     echo "$name: up to ${budget}s"
-    rm -f "$OUT/parts/$name.json"
-    GPU_SH_BUDGET=$budget timeout --kill-after=20 "$budget" "$@" >"$OUT/logs/$name.log" 2>&1
+    rm -f "$WORK/parts/$name.json"
+    GPU_SH_BUDGET=$budget timeout --kill-after=20 "$budget" "$@" >"$WORK/logs/$name.log" 2>&1
     rc=$?
   fi
-  "$PY" bench/gpu_parts.py record "$name" --out "$OUT" --rc "$rc" --log "$OUT/logs/$name.log" \
-    --wall-s $((SECONDS - started))
+  "$PY" bench/gpu_parts.py record "$name" --out "$OUT" --json "$WORK/parts/$name.json" --rc "$rc" \
+    --log "$WORK/logs/$name.log" --wall-s $((SECONDS - started))
+  tar -czf "$OUT/logs.tar.gz" -C "$WORK" logs parts
   echo "$name: exit $rc in $((SECONDS - started))s"
   [ "$rc" = 0 ] || failed=1
 }
@@ -73,14 +75,14 @@ fi
 budget=35  # the first builds the corpus
 for precision in fp32 bf16 fp16; do
   part "throughput-$precision" $budget "$PY" bench/throughput.py --device "$DEVICE" --precision "$precision" \
-    "${sizes[@]}" --storage "$STORAGE" --json "$OUT/parts/throughput-$precision.json"
+    "${sizes[@]}" --storage "$STORAGE" --json "$WORK/parts/throughput-$precision.json"
   budget=25
 done
-common=(--device "$DEVICE" "${SMALL[@]}" --storage "$STORAGE" --out "$OUT")
-part resume 25 "$PY" bench/gpu_parts.py resume "${common[@]}" --json "$OUT/parts/resume.json"
-part quality 95 "$PY" bench/gpu_parts.py quality "${common[@]}" --json "$OUT/parts/quality.json"
-part serve 35 "$PY" bench/gpu_parts.py serve "${common[@]}" --json "$OUT/parts/serve.json"
-part sweep 40 "$PY" bench/gpu_parts.py sweep "${common[@]}" --json "$OUT/parts/sweep.json"
+common=(--device "$DEVICE" "${SMALL[@]}" --storage "$STORAGE")
+part resume 25 "$PY" bench/gpu_parts.py resume "${common[@]}" --json "$WORK/parts/resume.json"
+part quality 95 "$PY" bench/gpu_parts.py quality "${common[@]}" --json "$WORK/parts/quality.json"
+part serve 35 "$PY" bench/gpu_parts.py serve "${common[@]}" --json "$WORK/parts/serve.json"
+part sweep 40 "$PY" bench/gpu_parts.py sweep "${common[@]}" --json "$WORK/parts/sweep.json"
 
 echo "done in ${SECONDS}s: $OUT/gpu.json, $OUT/gpu.md"
 cat "$OUT/gpu.md"

@@ -1,14 +1,14 @@
 """The parts of bench/gpu.sh that are not another bench script, and the record every part's result goes to.
 
-Each part writes its figures to one JSON file (``--json``); ``record`` then files them, or the part's failure
-with its last log lines, under the part's name in ``OUT/gpu.json`` and writes ``OUT/gpu.md`` again from it,
-so whatever finished before a run was cut is kept.
+Each part writes its figures to one JSON file (``--json``, in a folder of parts' files); ``record`` then files
+them, or the part's failure with its last log lines, under the part's name in ``OUT/gpu.json`` and writes
+``OUT/gpu.md`` again from it, so whatever finished before a run was cut is kept.
 
-    python bench/gpu_parts.py resume  --device cuda --json OUT/parts/resume.json
-    python bench/gpu_parts.py quality --device cuda --budget 110 --json OUT/parts/quality.json
-    python bench/gpu_parts.py serve   --device cuda --budget 35 --json OUT/parts/serve.json
-    python bench/gpu_parts.py sweep   --device cuda --budget 45 --json OUT/parts/sweep.json
-    python bench/gpu_parts.py record NAME --out OUT --rc RC --log LOG --wall-s S
+    python bench/gpu_parts.py resume  --device cuda --json PARTS/resume.json
+    python bench/gpu_parts.py quality --device cuda --budget 95 --json PARTS/quality.json
+    python bench/gpu_parts.py serve   --device cuda --budget 35 --json PARTS/serve.json
+    python bench/gpu_parts.py sweep   --device cuda --budget 40 --json PARTS/sweep.json
+    python bench/gpu_parts.py record NAME --out OUT --json PARTS/NAME.json --rc RC --log LOG --wall-s S
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     data = yaml.safe_load(QUALITY_SPEC.read_text())
     t = data["train"]
     t["batch_size"] *= data["cluster"]["workers"]
-    rate = measured_rate(args.out, "fp16" if args.device == "cuda" else "fp32")
+    rate = measured_rate(args.json.parent, "fp16" if args.device == "cuda" else "fp32")
     train_s = max(10.0, args.budget - 35)  # Ray's start, the corpus build, the evaluations and the final one
     chars_per_step = t["batch_size"] * t["seq_len"]
     # measured at batch 128: at this batch a step moves fewer chars a second, so half the budget's worth
@@ -216,9 +216,9 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def measured_rate(out: Path, precision: str) -> float | None:
-    """rnnfarm's 2x512 chars/s from the throughput part, where it ran."""
-    found = out / "parts" / f"throughput-{precision}.json"
+def measured_rate(parts: Path, precision: str) -> float | None:
+    """rnnfarm's 2x512 chars/s from the throughput part's file in ``parts``, where it ran."""
+    found = parts / f"throughput-{precision}.json"
     if not found.exists():
         return None
     rows = json.loads(found.read_text())["rows"]
@@ -419,7 +419,7 @@ def record(args: argparse.Namespace) -> None:
         results["build"] = json.loads(carry.read_text())
         results["machine"]["packages"] = versions_found(results["build"].get("from_the_machine", []))
     part = {"wall_s": args.wall_s, "date": time.strftime("%Y-%m-%d %H:%M")}
-    figures = args.out / "parts" / f"{args.name}.json"
+    figures = args.json
     if args.rc == 0 and figures.exists():
         part |= {"status": "ok", "result": json.loads(figures.read_text())}
     else:
@@ -515,11 +515,11 @@ def main() -> None:
         p.add_argument("--small", action="store_true", help="toy sizes: a check of the script on a CPU")
         p.add_argument("--budget", type=float, default=float(os.environ.get("GPU_SH_BUDGET", 60)), help="wall s")
         p.add_argument("--storage", type=Path, default=Path("rnnfarm-data").resolve())
-        p.add_argument("--out", type=Path, default=Path("bench-out"))
         p.add_argument("--json", type=Path, required=True)
     p = sub.add_parser("record", help="file a part's result (or failure) and write gpu.md again")
     p.add_argument("name")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="the folder of gpu.json and gpu.md")
+    p.add_argument("--json", type=Path, required=True, help="the part's own file")
     p.add_argument("--rc", type=int, required=True)
     p.add_argument("--log", type=Path)
     p.add_argument("--wall-s", type=float, required=True)
