@@ -55,7 +55,7 @@ EXCLUDED = {
 }
 # Folders of the Ray wheel that bench/gpu.sh's paths never import or read, dropped from the carried wheel.
 RAY_DROPPED = {
-    "ray/jars/": "the Java worker (31 MiB): no Java task runs",
+    "ray/jars/": "the Java worker: no Java task runs",
     "ray/rllib/": "reinforcement learning: never imported",
     # the dashboard's web page; its HTTP API (the state API Ray Train reads) stays, and so does the page's folder
     # with its small files: the dashboard refuses to start without client/build/static
