@@ -119,22 +119,32 @@ class PlainLSTM(nn.Module):
                 getattr(self.lstm, f"bias_ih_l{layer}")[hidden : 2 * hidden].fill_(1.0)
                 getattr(self.lstm, f"bias_hh_l{layer}")[hidden : 2 * hidden].fill_(0.0)
 
-    def forward(self, x, state=None):
-        out, state = self.lstm(self.embed(x), state)
+    def forward(self, x, state=None, recurrent_fp32: bool = False):
+        """``recurrent_fp32``: the LSTM outside autocast, in fp32 (under CUDA autocast cuDNN's LSTM runs fp16
+        whatever dtype autocast was given), as rnnfarm runs bf16 on a GPU."""
+        inp = self.embed(x)
+        if recurrent_fp32:
+            with torch.autocast(x.device.type, enabled=False):
+                out, state = self.lstm(inp.float(), None if state is None else tuple(s.float() for s in state))
+        else:
+            out, state = self.lstm(inp, state)
         return self.head(out), state
 
 
 def plain_loop(
     args: argparse.Namespace, tokens: torch.Tensor, vocab: int, layers: int, hidden: int
 ) -> tuple[float, float, list[float]]:
-    """The textbook loop: B contiguous streams, windows of T, state carried and detached, Adam, clipping.
+    """The textbook loop: B contiguous streams, windows of T, state carried and detached, Adam, clipping; in
+    the precision rnnfarm runs (autocast's dtype, the recurrent layers' dtype, a gradient scaler with fp16).
     Returns chars per second, per CPU second, and each step's loss (kept on the device until the end)."""
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    dtype = precision_policy(args.precision, Capability.of(device)).autocast
+    precision = precision_policy(args.precision, Capability.of(device))
+    dtype, recurrent_fp32 = precision.autocast, precision.autocast is not None and precision.recurrent == torch.float32
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.scaler)
     torch.manual_seed(SEED)
     model = PlainLSTM(vocab, args.embedding, hidden, layers).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR, fused=device.type == "cuda" or None)  # as rnnfarm's
     B, T = args.batch, args.seq_len
     n = (len(tokens) - 1) // B
     x_all, y_all = tokens[: B * n].view(B, n), tokens[1 : B * n + 1].view(B, n)
@@ -146,13 +156,15 @@ def plain_loop(
         if device.type == "cuda":
             x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
-            logits, state = model(x, state)
+            logits, state = model(x, state, recurrent_fp32)
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         state = tuple(s.detach() for s in state)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         losses[step] = loss.detach()
     loss.item()  # waits for the device
     chars = args.steps * B * T
@@ -168,7 +180,7 @@ def same_losses(args: argparse.Namespace, built, tokens: torch.Tensor, vocab: in
         theirs = plain_loop(args, tokens, vocab, layers, hidden)[2]
     finally:
         args.steps = steps
-    tolerance = 1e-5 if args.precision == "fp32" else 1e-3
+    tolerance = 1e-5 if args.precision == "fp32" else 1e-3  # half precision rounds more
     if args.regularize:
         return
     if not all(math.isclose(a, b, rel_tol=tolerance) for a, b in zip(ours, theirs, strict=True)):
@@ -183,7 +195,7 @@ def main() -> None:
     parser.add_argument("--embedding", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="as train.precision")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--storage", default="./rnnfarm-data")
