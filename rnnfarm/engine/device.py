@@ -14,6 +14,11 @@ from ..errors import UserError
 CHOICES = "cpu, cuda, cuda:N or auto"
 
 
+def cuda_count() -> int:
+    """CUDA devices torch sees in this process (0 without CUDA, or with a torch built without it)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def pick(name: str = "auto") -> torch.device:
     """The device ``--device`` names: cpu, cuda, cuda:N, or auto (cuda where torch sees a GPU, else cpu).
 
@@ -25,7 +30,7 @@ def pick(name: str = "auto") -> torch.device:
     found = re.fullmatch(r"cuda(?::(\d+))?", name)
     if found is None:
         raise UserError(f"--device {name!r} is not a device: give {CHOICES}")
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    count = cuda_count()
     if not count:
         version = torch.__version__
         raise UserError(f"--device {name}: torch {version} sees no CUDA device here: use --device cpu or auto")

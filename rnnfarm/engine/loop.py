@@ -30,7 +30,7 @@ from ..storage import Store
 from ..units import bits, now
 from . import checkpoint
 from .average import Average, applied, make_average
-from .device import memory_named
+from .device import memory_named, pick
 from .model import (
     CharRNN,
     State,
@@ -251,7 +251,7 @@ def evaluate_split(job: Job, folder: Path, split: str = "test", device: str | to
     The split (or splits joined, ``val+test``) is cut by the spec's ``eval`` section, as training cuts val, so
     a test loss compares with the val losses the run reported. It runs on this process's GPU if it has one.
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device or pick())
     spec, t = job.spec, job.spec.train
     manifest = shards.load_manifest(job.corpus)
     vocab = Vocab.from_json(manifest["vocab"])

@@ -22,6 +22,7 @@ from ..errors import Diverged, TrainingFailed
 from ..layout import Trial
 from ..spec import ClusterSpec
 from . import checkpoint, placement
+from .device import cuda_count
 from .loop import Job, train
 
 
@@ -130,11 +131,6 @@ def devices_for(cuda_devices: int) -> Devices:
     return Devices("cuda", "nccl", cuda_devices) if cuda_devices else Devices("cpu", "gloo", 0)
 
 
-def cuda_devices() -> int:
-    """CUDA devices torch sees in this process."""
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
 def probe(cluster: ClusterSpec, waiting: placement.Waiting) -> Devices:
     """What torch sees where the run's workers will run: a task that holds one worker's GPUs (none of its CPUs,
     which a sweep's workers may hold) asks torch there, so a head without a GPU finds its GPU workers' CUDA.
@@ -145,7 +141,7 @@ def probe(cluster: ClusterSpec, waiting: placement.Waiting) -> Devices:
     if not cluster.gpus_per_worker:
         return devices_for(0)
     outside = PlacementGroupSchedulingStrategy(placement_group=None)  # not in a sweep trial's own group
-    task = ray.remote(cuda_devices).options(num_cpus=0, num_gpus=cluster.gpus_per_worker, scheduling_strategy=outside)
+    task = ray.remote(cuda_count).options(num_cpus=0, num_gpus=cluster.gpus_per_worker, scheduling_strategy=outside)
     return devices_for(placement.result_of(task.remote(), waiting))
 
 

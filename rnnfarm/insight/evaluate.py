@@ -18,6 +18,7 @@ from ..corpus import shards
 from ..corpus.build import build
 from ..corpus.vocab import Vocab
 from ..engine import checkpoint
+from ..engine.device import pick
 from ..engine.loop import Capability, Job, autocast, evaluate_split, precision_policy
 from ..engine.model import CharRNN
 from ..engine.streams import Windows, load_tokens, split_tokens
@@ -135,7 +136,7 @@ def cold_start(
     targets read after the ``context`` characters before them (also from a zero state, far enough back that
     the state has built up). The starts are drawn with ``seed``, so two checkpoints are scored on the same text.
     ``device``: where the model runs (None: a GPU if this process has one)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device or pick())
     with checkpoint_job(target, trial=trial, storage=storage) as (folder, meta, job):
         manifest = shards.load_manifest(job.corpus)
         n = split_tokens(manifest, split)

@@ -47,7 +47,7 @@ from .. import redact
 from ..corpus import novelty as meter
 from ..corpus.vocab import Vocab
 from ..engine import checkpoint
-from ..engine.device import out_of_memory_line
+from ..engine.device import out_of_memory_line, pick
 from ..engine.model import CharRNN, State, draw, native_rnn_kernels
 from ..errors import UserError
 from ..insight import records
@@ -289,7 +289,7 @@ class TextGenerator:
         torch.set_grad_enabled(False)
         # What torch sees here, not what was asked: Ray gives the replica its GPUs (CUDA_VISIBLE_DEVICES),
         # and a GPU Ray only counts (a logical one) is no device
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = pick()
         with local_checkpoint(args.checkpoint) as folder:
             model, self.vocab, meta = checkpoint.load_model(folder, device)
         self.meta, self.corpus = meta, args.corpus
