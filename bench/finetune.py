@@ -8,13 +8,18 @@ Prints one JSON line per evaluation and a summary; ``--figure`` draws both val c
 
     .venv/bin/python bench/finetune.py --parent rnnfarm-data/runs/shakespeare-quality \\
         --text https://www.gutenberg.org/cache/epub/11/pg11.txt --steps 300 --eval-every 25 --figure finetune.svg
+
+BENCHMARKS.md's figure fine-tunes the quality run on two of Jane Austen's novels from Debian (bench/austen.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +37,12 @@ def job(args: argparse.Namespace, name: str, corpus: dict[str, Any], steps: int,
             "name": name,
             "storage": args.storage,
             "corpus": corpus,
-            "model": {"layers": args.layers, "hidden": args.hidden, "embedding": args.embedding},
+            "model": {
+                "layers": args.layers,
+                "hidden": args.hidden,
+                "embedding": args.embedding,
+                "dropout": args.dropout,
+            },
             "train": {
                 "steps": steps,
                 "batch_size": args.batch,
@@ -90,6 +100,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--embedding", type=int, default=64)
+    parser.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--steps", type=int, default=300)
@@ -98,6 +109,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--storage", default="./rnnfarm-data")
     parser.add_argument("--figure", help="Write the two val loss curves here (SVG).")
+    parser.add_argument("--results", type=Path, help="Add the summary and both curves to this JSON file, by text.")
     args = parser.parse_args()
     log.configure("json")
 
@@ -114,8 +126,25 @@ def main() -> None:
         for r in reports:
             print(json.dumps({"run": label, "step": r["step"], "val_loss": r["val_loss"], "val_bpc": r["val_bpc"]}))
     fine, scratch = (min(r["val_loss"] for r in curves[k]) for k in ("fine-tuned", "from scratch"))
-    summary = {"parent": parent, "text": args.text, "steps": args.steps, "fine_tuned": fine, "from_scratch": scratch}
+    text = Path(args.text).read_bytes() if Path(args.text).is_file() else None
+    summary = {
+        "parent": parent,
+        "text": args.text,
+        "text_sha256": hashlib.sha256(text).hexdigest() if text else None,
+        "steps": args.steps,
+        "fine_tuned": fine,
+        "from_scratch": scratch,
+    }
     print(json.dumps(summary))
+    if args.results:
+        kept = json.loads(args.results.read_text()) if args.results.exists() else {}
+        kept[Path(args.text).name] = {
+            **summary,
+            "command": "python bench/finetune.py " + " ".join(sys.argv[1:]),
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "curves": {k: [{"step": r["step"], "val_loss": r["val_loss"]} for r in v] for k, v in curves.items()},
+        }
+        args.results.write_text(json.dumps(kept, indent=1) + "\n")
     if args.figure:
         draw(curves, args.figure)
 

@@ -184,7 +184,9 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
         data["model"].update(layers=1, hidden=64)
         t.update(batch_size=8, seq_len=32)
         steps = 20
-    t.update(steps=steps, warmup_steps=max(1, round(t["warmup_steps"] * steps / 2400)), eval_every=max(1, steps // 6))
+    t.update(
+        steps=steps, warmup_steps=max(1, round(t["warmup_steps"] * steps / t["steps"])), eval_every=max(1, steps // 6)
+    )
     t["log_every"] = min(t["log_every"], t["eval_every"])
     data["samples"]["length"] = 200
     data["cluster"].update(workers=1, cpus_per_worker=1, use_gpu=args.device == "cuda")

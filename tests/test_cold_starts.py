@@ -14,6 +14,7 @@ from rnnfarm.spec import TrainSpec
 from rnnfarm.storage import Store
 
 from .conftest import make_spec
+from .test_divergence import PlantsNaN
 from .test_train import Interrupted, StopAfterCheckpoint, run_in_process, tensors
 
 COLD = {"steps": 16, "eval_every": 8, "precision": "fp32", "state_reset": 0.3}
@@ -88,3 +89,16 @@ def test_cold_starts_act_in_training_only_the_val_loss_is_the_checkpoints_withou
     folder = tmp_path / "checkpoints" / "checkpoint-000016"
     carried = job_for(shakespeare, tmp_path / "storage", model=MODEL, train={**COLD, "state_reset": 0.0})
     assert evaluate_split(carried, folder, "val") == session.reports[-1]["val_loss"]
+
+
+def test_a_rollback_takes_the_cold_starts_back_with_the_rest_of_the_last_good_checkpoint(shakespeare, tmp_path):
+    """A NaN planted in step 12's gradient sends the loop back to step 8 (test_divergence); the steps it takes
+    again draw the cold starts they drew the first time, so the generator ends where a run without the fault
+    leaves it, not four draws on."""
+    run_in_process(shakespeare, tmp_path / "straight", model=MODEL, train=COLD)
+    faulty = PlantsNaN(tmp_path / "faulty", at_call=12)
+    train(job_for(shakespeare, tmp_path / "storage", model=MODEL, train=COLD), faulty)
+    assert faulty.calls == 24 and faulty.reports[-1]["rollbacks"] == 1  # steps 9 to 16 taken twice
+    straight = tensors(tmp_path / "straight" / "checkpoints" / "checkpoint-000016", "worker-0.safetensors")
+    again = tensors(tmp_path / "faulty" / "checkpoint-000016", "worker-0.safetensors")
+    assert torch.equal(straight["cold_rng"], again["cold_rng"])

@@ -56,14 +56,14 @@ def test_a_sweep_trial_computes_the_steps_of_the_quality_run(quality, name):
     assert sweep.train.seq_len == run.train.seq_len
 
 
-def test_the_third_sweep_trains_the_quality_runs_model_and_optimizer_for_half_its_steps(quality):
+def test_the_third_sweep_trains_the_quality_runs_model_and_optimizer_on_shorter_trials(quality):
     sweep = spec.load(quality.DEPLOY / "shakespeare-sweep-regular.yaml")
     run = spec.load(quality.DEPLOY / "shakespeare-quality.yaml")
     shape = ("cell", "layers", "hidden", "embedding", "dropout")
     assert {k: getattr(sweep.model, k) for k in shape} == {k: getattr(run.model, k) for k in shape}
-    same = ("optimizer", "weight_decay", "warmup_steps", "decay", "grad_clip", "precision", "eval_every")
+    same = ("optimizer", "weight_decay", "warmup_steps", "decay", "grad_clip", "precision")
     assert {k: getattr(sweep.train, k) for k in same} == {k: getattr(run.train, k) for k in same}
-    assert abs(sweep.train.lr - run.train.lr) < 1e-4 and 2 * sweep.train.steps == run.train.steps
+    assert abs(sweep.train.lr - run.train.lr) < 1e-4 and 2 * sweep.train.steps <= run.train.steps
     space = set(sweep.tune.space)
     assert space == {"model.weight_drop", "train.average.kind"} and sweep.tune.scheduler.kind == "none"
 

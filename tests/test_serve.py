@@ -289,3 +289,18 @@ def test_the_serve_command_refuses_a_target_that_is_no_checkpoint_in_one_line(tm
     result = CliRunner().invoke(cli, ["serve", str(tmp_path / "nothing"), "--port", "8123"])
     assert result.exit_code == 2 and "neither a checkpoint nor a run" in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_a_server_not_told_where_the_corpus_is_refuses_novel_and_novelty_in_one_line(server, trained_checkpoint):
+    """Last in this file: it deploys the application again without ``corpus``. The suite's checkpoint was
+    trained apart from its run's storage, so the replica finds no train split to index."""
+    unindexed = serving.ServeArgs(
+        checkpoint=str(trained_checkpoint), cpus_per_replica=0.5, gpus_per_replica=0.5, max_length=MAX_LENGTH
+    )
+    serving.start(unindexed, port=int(server.rsplit(":", 1)[1]))
+    for field in ("novel", "novelty"):
+        reply = requests.post(f"{server}/generate", json={"prime": "\n", "stop": ["\n"], field: True}, timeout=120)
+        error = reply.json()["error"]
+        assert reply.status_code == 400 and "\n" not in error, error
+        assert error.startswith(f"{field}: ") and "give --corpus URL" in error, error
+    assert "text" in generate(server, prime="ROMEO:", length=20, seed=1)  # the rest is served as before

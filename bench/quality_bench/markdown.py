@@ -32,6 +32,7 @@ ANCHORS = {
 
 # How a val loss is measured here and by the published figures above: the same model scores differently
 # under each cut, so a figure is only beside another under the same one.
+THEIR_WINDOWS = "12,800 random windows of 256 characters, each from a zero state, on the last 10% of the text"
 CUTS = [
     "How the val losses are cut. rnnfarm (the spec's `eval:` section): the split is cut into a fixed number "
     "of contiguous streams (64 by default) whatever the batch and workers a run trains with; each stream is "
@@ -128,6 +129,8 @@ REGULARIZERS = {
 def regularization(m: dict[str, Any], t: dict[str, Any]) -> str:
     """The regularizers and weight averaging a config turns on, as words (empty where none is)."""
     on = [f"{words} {m[key]:g}" for key, words in REGULARIZERS.items() if m.get(key)]
+    if t.get("state_reset"):
+        on.append(f"cold starts (state reset {t['state_reset']:g} per stream and batch)")
     average = t.get("average") or {}
     if average.get("kind") == "ema":
         on.append(f"EMA of the weights (decay {average['decay']:g})")
@@ -238,6 +241,7 @@ def render_shakespeare(s: dict[str, Any], figures: dict[str, Any]) -> list[str]:
         f"({fmt(bits(best) if best else None, 4)} bits/char)**: the goal of at most {GOAL:g} is {goal}. "
         f"char-rnn's 1.395 and nanoGPT's 1.4697 are GPU figures.",
         "",
+        *seed_lines(s),
         *held_out_lines(s.get("test")),
         *ngram_lines(s.get("ngram"), s.get("test")),
         *their_lines(s.get("theirs")),
@@ -269,6 +273,40 @@ def render_shakespeare(s: dict[str, Any], figures: dict[str, Any]) -> list[str]:
     out += ["", f"Samples of the best checkpoint (step {samples['step']}, val {samples['val_loss']:.4f}):", ""]
     for sample in samples["samples"]:
         out += [f"temperature {sample['temperature']:g}:", "", "```", sample["text"].strip("\n"), "```", ""]
+    return out
+
+
+def seed_lines(s: dict[str, Any]) -> list[str]:
+    """A figure taken from a levers figure (``headline``): nanoGPT's protocol over its seeds beside nanoGPT's
+    figure, each seed a row, and how the variant was chosen. Nothing where the figure is one run's."""
+    seeds, chosen = s.get("seeds"), s.get("from_levers")
+    if not seeds:
+        return []
+    protocol = [r["val_test_nanogpt"] for r in seeds]
+    mean, nanogpt = sum(protocol) / len(protocol), ANCHORS["nanogpt"]["nats"]
+    verdict = "below it" if max(protocol) < nanogpt else "not below it with every seed"
+    means = "; ".join(f"{v}: {m['val_nanogpt']:.4f} (streamed {m['best_val']:.4f})" for v, m in chosen["means"].items())
+    out = [
+        f"**Under nanoGPT's protocol ({THEIR_WINDOWS}): {mean:.4f} nats/char, the mean of {len(seeds)} seeds "
+        f"({', '.join(f'{x:.4f}' for x in protocol)}), beside nanoGPT's {nanogpt} on an A100: {verdict}.**",
+        "",
+        "| seed | steps | whole run | best val | val, nanoGPT's cut | test | val+test, nanoGPT's cut "
+        "| test, char-rnn's cut |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in seeds:
+        out.append(
+            f"| {r['seed']} | {r['steps']} | {minutes(r['wall_s'])} | {r['best_val_loss']:.4f} "
+            f"| {r['val_nanogpt']:.4f} | {r['test_loss']:.4f} | {r['val_test_nanogpt']:.4f} | {r['char_rnn']:.4f} |"
+        )
+    out += [
+        "",
+        f"The runs are the `{chosen['chosen']}` rows of the `{chosen['label']}` levers below, chosen on val alone: "
+        f"the lowest mean val under nanoGPT's windows ({means}). Test and nanoGPT's val+test were scored after "
+        f"the choice, from `{s['scored']}`. The curve, the samples and the tables that follow are seed "
+        f"{seeds[0]['seed']}'s.",
+        "",
+    ]
     return out
 
 
