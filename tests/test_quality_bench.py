@@ -10,6 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 from rnnfarm import spec
 
@@ -97,11 +98,29 @@ def test_every_figure_records_its_command_date_and_the_load_at_its_start_and_end
         "ttq",
         "startup",
         "corpora",
+        "levers_cold-starts",
     }
     for figure in results["figures"].values():
         assert figure["command"].startswith(".venv/bin/python bench/quality.py ")
         assert figure["date"] and figure["bench_s"] > 0
         assert figure["load"]["start"] >= 0 and figure["load"]["end"] >= 0
+
+
+def test_the_quality_figure_is_the_levers_variant_best_on_val_and_its_rows_are_those_runs(results, quality):
+    figure, levers = results["figures"]["shakespeare"], results["figures"]["levers_cold-starts"]
+    chosen = figure["from_levers"]["chosen"]
+    means = {v: m["val_nanogpt"] for v, m in figure["from_levers"]["means"].items()}
+    assert chosen == min(means, key=means.get) and set(means) == {r["variant"] for r in levers["runs"]}
+    rows = [r for r in levers["runs"] if r["variant"] == chosen]
+    assert [(s["seed"], s["best_val_loss"], s["test_loss"]) for s in figure["seeds"]] == [
+        (r["seed"], r["best_val_loss"], r["test_loss"]) for r in rows
+    ]
+    assert all(s["val_test_nanogpt"] == r["val_test_nanogpt"] for s, r in zip(figure["seeds"], rows, strict=True))
+    spec = yaml.safe_load((quality.DEPLOY / "shakespeare-quality.yaml").read_text())
+    assert {k: figure["config"][k] for k in ("model", "corpus", "cluster")} == {
+        k: spec[k] for k in ("model", "corpus", "cluster")
+    }
+    assert {k: v for k, v in figure["config"]["train"].items() if k != "seed"} == spec["train"]
 
 
 def test_the_quality_run_is_scored_beside_char_rnn_and_nanogpt_under_their_own_evaluations(results):

@@ -345,7 +345,7 @@ def headline(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any
         "first_step_s": first.get("first_step_s"),
         "wall_s": first["wall_s"],
         "samples": first["samples"],
-        **{k: levers[k] for k in ("load", "date", "commit", "machine", "outsiders")},
+        **{k: levers[k] for k in ("load", "date", "commit", "machine", "outsiders", "bench_s")},
     }
 
 
