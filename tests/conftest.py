@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -11,6 +16,8 @@ from rnnfarm.engine.loop import cpu_has_bf16_kernels
 from rnnfarm.storage import Store
 
 log.configure("json")
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # Both precisions; bf16 only where this CPU runs oneDNN's bf16 kernels (test_reliability checks the refusal).
 PRECISIONS = [
@@ -108,6 +115,15 @@ def ray_local():
     start_local_ray(num_cpus=2, num_gpus=1)
     yield ray
     ray.shutdown()
+
+
+def bench_script(file: str, name: str) -> types.ModuleType:
+    """A script of bench/ (not a package) imported as module ``name``."""
+    found = importlib.util.spec_from_file_location(name, ROOT / "bench" / file)
+    module = importlib.util.module_from_spec(found)
+    sys.modules[name] = module
+    found.loader.exec_module(module)
+    return module
 
 
 def make_spec(storage: str, **sections) -> spec.JobSpec:

@@ -4,7 +4,6 @@ markers are read for the target Python and extras are followed."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import zipfile
@@ -12,16 +11,12 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from .conftest import bench_script
 
 
 @pytest.fixture(scope="module")
 def carry():
-    found = importlib.util.spec_from_file_location("gpu_carry", ROOT / "bench" / "gpu_carry.py")
-    module = importlib.util.module_from_spec(found)
-    sys.modules[found.name] = module
-    found.loader.exec_module(module)
-    return module
+    return bench_script("gpu_carry.py", "gpu_carry")
 
 
 def wheel(folder: Path, name: str, version: str, requires: list[str], files: dict[str, str] | None = None) -> Path:

@@ -4,9 +4,6 @@ check fails when the loops differ."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,18 +13,12 @@ from rnnfarm.corpus.vocab import Vocab
 from rnnfarm.engine.streams import load_tokens
 from rnnfarm.storage import Store
 
-from .conftest import PRECISIONS
-
-ROOT = Path(__file__).resolve().parent.parent
+from .conftest import PRECISIONS, bench_script
 
 
 @pytest.fixture(scope="module")
 def throughput():
-    found = importlib.util.spec_from_file_location("throughput_bench", ROOT / "bench" / "throughput.py")
-    module = importlib.util.module_from_spec(found)
-    sys.modules[found.name] = module
-    found.loader.exec_module(module)
-    return module
+    return bench_script("throughput.py", "throughput_bench")
 
 
 @pytest.fixture(scope="module")
