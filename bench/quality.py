@@ -130,6 +130,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--context", type=int, default=256, help="the characters read before them for the warm loss")
     p.add_argument("--cold-windows", type=int, default=4000, help="random windows of the cold-start measure")
     p.add_argument("--held-out", action="store_true", help="also test and nanoGPT's val+test: the chosen config only")
+    p.add_argument(
+        "--reuse", nargs="+", default=[], metavar="LABEL", help="rows of these levers figures: not trained again"
+    )
     p = sub.add_parser("headline", help="the quality figure from a levers --held-out figure: its variant best on val")
     p.add_argument("--label", default="cold-starts", help="the levers figure (levers_<label>)")
     p = sub.add_parser("long", help="another corpus for the quality run's budget, beside its n-gram baseline")

@@ -3,6 +3,7 @@ section of BENCHMARKS.md is exactly what that file renders (no figure edited by 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -207,3 +208,59 @@ def test_the_cpu_time_of_processes_outside_the_run_is_counted_apart_from_the_run
     assert figures["outside_share"] == pytest.approx(
         figures["outside_cpu_s"] / (figures["wall_s"] * figures["cpus"]), abs=0.03
     )  # of the CPUs' time while watched; the seconds are rounded to tenths
+
+
+def levers_args(spec: Path, **given) -> argparse.Namespace:
+    """``bench/quality.py levers``'s arguments, as its parser's defaults give them, with ``given`` over them."""
+    from bench.quality_bench import figures
+
+    defaults = {"positions": 32, "context": 256, "cold_windows": 4000, "held_out": True, "quiet": None}
+    defaults |= {"calibrate": False, "steps": None, "seeds": [1337], "variant": [], "reuse": [], "label": "again"}
+    return argparse.Namespace(**{"spec": str(spec), "minutes": figures.HEADLINE_MINUTES, **defaults, **given})
+
+
+@pytest.fixture
+def measured(results, tmp_path):
+    """The cold-start levers figure as the results hold it, its runs kept in folders of their own."""
+    old = results["figures"]["levers_cold-starts"]
+    rows = [{**r, "run": str(tmp_path / f"run-{i}")} for i, r in enumerate(old["runs"])]
+    for row in rows:
+        Path(row["run"]).mkdir()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(old["config"]))
+    return SimpleNamespace(figure={**old, "runs": rows}, spec=spec)
+
+
+def test_a_config_and_seed_that_a_levers_figure_measured_is_taken_over_not_trained_again(measured):
+    """``levers --reuse LABEL``: every config and seed already measured comes from that figure's rows, marked
+    so; nothing is launched (no storage is given to launch into)."""
+    from bench.quality_bench import figures
+
+    args = levers_args(measured.spec, reuse=["old"], variant=[{"train.state_reset": 0.05}], seeds=[1338, 1337])
+    figure = figures.levers(args, {"figures": {"levers_old": measured.figure}})
+    old = {(r["variant"], r["seed"]): r for r in measured.figure["runs"]}
+    assert [(r["variant"], r["seed"]) for r in figure["runs"]] == [
+        ("base", 1338),
+        ("train.state_reset=0.05", 1338),
+        ("base", 1337),
+        ("train.state_reset=0.05", 1337),
+    ]
+    for row in figure["runs"]:
+        was = old[(row["variant"], row["seed"])]
+        assert {k: v for k, v in row.items() if k != "reused"} == was
+        assert row["reused"] == {"label": "old", "variant": was["variant"], "date": measured.figure["date"]}
+
+
+def test_only_a_row_of_the_same_config_seed_and_cuts_whose_run_is_kept_is_taken_over(measured):
+    from bench.quality_bench import figures
+
+    given = {"figures": {"levers_old": measured.figure}}
+    found = figures.reusable(levers_args(measured.spec, reuse=["old"]), given)
+    assert sorted(r["run"] for r in found.values()) == sorted(r["run"] for r in measured.figure["runs"])
+    data = yaml.safe_load(measured.spec.read_text())
+    assert figures.measured_config(spec.apply_settings(data, {"train.seed": 1337})) in found
+    for other in ({"train.seed": 1339}, {"train.seed": 1337, "model.dropout": 0.4}):
+        assert figures.measured_config(spec.apply_settings(data, other)) not in found
+    assert figures.reusable(levers_args(measured.spec, reuse=["old"], positions=16), given) == {}  # another cut
+    Path(measured.figure["runs"][0]["run"]).rmdir()  # a run no longer on storage cannot be scored again
+    assert len(figures.reusable(levers_args(measured.spec, reuse=["old"]), given)) == len(found) - 1

@@ -612,11 +612,38 @@ def settings(text: str) -> dict[str, Any]:
     return {key.strip(): yaml.safe_load(value) for key, _, value in pairs}
 
 
+def measured_config(data: dict[str, Any]) -> str:
+    """What makes two levers rows the same measurement: the trained sections of the spec, seed included."""
+    return json.dumps({k: data.get(k) for k in ("corpus", "model", "train", "cluster")}, sort_keys=True)
+
+
+def reusable(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The rows of the ``--reuse`` levers figures, by the config they trained, where they were scored under the
+    same cuts as this figure's and their runs are still on storage: a config measured once is not trained again."""
+    found: dict[str, dict[str, Any]] = {}
+    for label in args.reuse:
+        old = results["figures"].get(f"levers_{label}")
+        if not old:
+            sys.exit(f"--reuse {label}: no levers_{label} figure in the results")
+        same_cuts = old["nanogpt_val_cut"] == NANOGPT_VAL and old["cold_cut"] == {
+            "positions": args.positions,
+            "context": args.context,
+            "windows": args.cold_windows,
+            "seed": 0,
+        }
+        for row in old["runs"] if same_cuts else []:
+            if Path(row["run"]).exists() and (not args.held_out or "held_out" in row):
+                key = measured_config(apply_settings(old["config"], {**row["settings"], "train.seed": row["seed"]}))
+                found[key] = {**row, "reused": {"label": label, "variant": row["variant"], "date": old["date"]}}
+    return found
+
+
 def levers(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
     """The quality run's spec, and the same with each ``--variant``'s settings, trained for the same steps with
     each of ``--seeds``, variants alternating. Each best checkpoint is scored on val alone: under the spec's
     cut, under nanoGPT's windows, and what a cold start costs it (``rnnfarm evaluate --cold-start``). Nothing is
-    scored on test unless ``--held-out`` asks (for the config already chosen: its spread over seeds)."""
+    scored on test unless ``--held-out`` asks (for the config already chosen: its spread over seeds). A config
+    and seed that a ``--reuse`` figure already measured is taken over from it, marked so, not trained again."""
     data = read_spec(args.spec)
     variants = {"base": {}} | {",".join(f"{k}={v}" for k, v in v.items()): v for v in args.variant}
     load = wait_quiet(args)
@@ -625,10 +652,14 @@ def levers(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
         rate = calibrated(args, data)
     elif args.steps:
         stretch(data, args.steps)
-    runs = []
+    runs, earlier = [], reusable(args, results)
     for seed in args.seeds:
         for label, changes in variants.items():
             spec = apply_settings(data, {**changes, "train.seed": seed})
+            if done := earlier.get(measured_config(spec)):
+                runs.append({**done, "variant": label, "settings": changes})
+                print(f"  {label}, seed {seed}: taken over from levers_{done['reused']['label']}", file=sys.stderr)
+                continue
             run = launch(spec, f"quality-levers-{int(time.time())}", args.storage)
             rows, url = curve(run), run.run.store.url
             cold = cold_start(url, positions=args.positions, windows=args.cold_windows, context=args.context)

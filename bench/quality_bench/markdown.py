@@ -467,11 +467,19 @@ def render_levers(s: dict[str, Any], figures: dict[str, Any]) -> list[str]:
     for r in s["runs"]:
         k = r["cold"]
         out.append(
-            f"| {r['variant']} | {r['seed']} | {r['steps']} | {minutes(r['wall_s'])} | {r['best_val_loss']:.4f} "
+            f"| {r['variant']}{reused_mark(r)} | {r['seed']} | {r['steps']} | {minutes(r['wall_s'])} "
+            f"| {r['best_val_loss']:.4f} "
             f"| {r['val_nanogpt']:.4f} | {k['loss']:.4f} | {k['warm']:.4f} | {k['cost']:.4f} |"
             + (f" {fmt(r.get('test_loss'), 4)} | {fmt(r.get('val_test_nanogpt'), 4)} |" if held else "")
         )
     return [*out, ""]
+
+
+def reused_mark(row: dict[str, Any]) -> str:
+    """Where a levers row was taken over from an earlier figure (``--reuse``): which, and when it was measured."""
+    if not (r := row.get("reused")):
+        return ""
+    return f" (as measured in levers_{r['label']}, {r['date']})"
 
 
 def render_gpu(s: dict[str, Any], figures: dict[str, Any]) -> list[str]:
