@@ -12,7 +12,9 @@ from that file; the other sections are left as they are.
     .venv/bin/python bench/quality.py long --corpus linux --minutes 30   # or --corpus complete (the plays)
     .venv/bin/python bench/quality.py levers --label cold-starts --calibrate --variant train.state_reset=0.01
                                                                   # variants of the quality run, scored on val
-    .venv/bin/python bench/quality.py headline --label cold-starts  # the quality figure: its best variant on val
+    .venv/bin/python bench/quality.py levers --label regular --variant model.weight_drop=0.3 --reuse cold-starts
+                                                                  # a config and seed measured before: taken over
+    .venv/bin/python bench/quality.py headline --label regular    # the quality figure: its best variant on val
     .venv/bin/python bench/quality.py ttq --reps 3                # wall time of `rnnfarm run` to val loss 1.89
     .venv/bin/python bench/quality.py startup --reps 5 --before REF   # launch -> first step, this tree and REF
     .venv/bin/python bench/quality.py corpora --minutes 2         # val bits/char of each built-in corpus

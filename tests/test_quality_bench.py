@@ -100,6 +100,7 @@ def test_every_figure_records_its_command_date_and_the_load_at_its_start_and_end
         "startup",
         "corpora",
         "levers_cold-starts",
+        "levers_regular",
     }
     for figure in results["figures"].values():
         assert figure["command"].startswith(".venv/bin/python bench/quality.py ")
@@ -108,7 +109,8 @@ def test_every_figure_records_its_command_date_and_the_load_at_its_start_and_end
 
 
 def test_the_quality_figure_is_the_levers_variant_best_on_val_and_its_rows_are_those_runs(results, quality):
-    figure, levers = results["figures"]["shakespeare"], results["figures"]["levers_cold-starts"]
+    figure = results["figures"]["shakespeare"]
+    levers = results["figures"][f"levers_{figure['from_levers']['label']}"]
     chosen = figure["from_levers"]["chosen"]
     means = {v: m["val_nanogpt"] for v, m in figure["from_levers"]["means"].items()}
     assert chosen == min(means, key=means.get) and set(means) == {r["variant"] for r in levers["runs"]}
