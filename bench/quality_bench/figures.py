@@ -211,7 +211,7 @@ def shakespeare(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, 
         "from_sweep": settings,
         "step_cost": round(slower, 2),
         "calibration_chars_per_s": round(rate) if rate else None,
-        "config": {k: data[k] for k in ("corpus", "model", "train", "cluster")},
+        "config": trained_sections(data),
         "test": test,
         "ngram": gram,
         "theirs": theirs,
@@ -582,7 +582,7 @@ def long(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
         "options": options,
         "label": label,
         "budget_minutes": args.minutes,
-        "config": {k: data[k] for k in ("corpus", "model", "train", "cluster")},
+        "config": trained_sections(data),
         "calibration_chars_per_s": round(rate),
         "calibrated_on": name,
         "chars": {s: manifest["splits"][s]["chars"] for s in ("train", "val", "test")},
@@ -612,9 +612,19 @@ def settings(text: str) -> dict[str, Any]:
     return {key.strip(): yaml.safe_load(value) for key, _, value in pairs}
 
 
+def trained_sections(data: dict[str, Any]) -> dict[str, Any]:
+    """The sections of a spec that decide what a run trains, as a figure records its config."""
+    return {k: data[k] for k in ("corpus", "model", "train", "cluster")}
+
+
+def cold_cut(args: argparse.Namespace) -> dict[str, Any]:
+    """How ``levers`` measures a cold start (``rnnfarm evaluate --cold-start``, its windows drawn with seed 0)."""
+    return {"positions": args.positions, "context": args.context, "windows": args.cold_windows, "seed": 0}
+
+
 def measured_config(data: dict[str, Any]) -> str:
     """What makes two levers rows the same measurement: the trained sections of the spec, seed included."""
-    return json.dumps({k: data.get(k) for k in ("corpus", "model", "train", "cluster")}, sort_keys=True)
+    return json.dumps(trained_sections(data), sort_keys=True)
 
 
 def reusable(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -625,12 +635,7 @@ def reusable(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, dic
         old = results["figures"].get(f"levers_{label}")
         if not old:
             sys.exit(f"--reuse {label}: no levers_{label} figure in the results")
-        same_cuts = old["nanogpt_val_cut"] == NANOGPT_VAL and old["cold_cut"] == {
-            "positions": args.positions,
-            "context": args.context,
-            "windows": args.cold_windows,
-            "seed": 0,
-        }
+        same_cuts = old["nanogpt_val_cut"] == NANOGPT_VAL and old["cold_cut"] == cold_cut(args)
         for row in old["runs"] if same_cuts else []:
             if Path(row["run"]).exists() and (not args.held_out or "held_out" in row):
                 key = measured_config(apply_settings(old["config"], {**row["settings"], "train.seed": row["seed"]}))
@@ -662,7 +667,7 @@ def levers(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
                 continue
             run = launch(spec, f"quality-levers-{int(time.time())}", args.storage)
             rows, url = curve(run), run.run.store.url
-            cold = cold_start(url, positions=args.positions, windows=args.cold_windows, context=args.context)
+            cold = cold_start(url, **cold_cut(args))
             row = {
                 "variant": label,
                 "settings": changes,
@@ -703,8 +708,8 @@ def levers(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
         "label": args.label,
         "budget_minutes": args.minutes if args.calibrate else None,
         "calibration_chars_per_s": round(rate) if rate else None,
-        "config": {k: data[k] for k in ("corpus", "model", "train", "cluster")},
-        "cold_cut": {"positions": args.positions, "context": args.context, "windows": args.cold_windows, "seed": 0},
+        "config": trained_sections(data),
+        "cold_cut": cold_cut(args),
         "nanogpt_val_cut": NANOGPT_VAL,
         "runs": runs,
         "load": load,
